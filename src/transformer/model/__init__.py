@@ -1,0 +1,28 @@
+"""The Transformer of Figure 1, one file per box: attention, layers, embeddings, the model, its cache."""
+
+from transformer.model.attention import (
+    MultiHeadAttention,
+    causal_mask,
+    padding_mask,
+    reference_attention,
+)
+from transformer.model.cache import DecoderCache
+from transformer.model.embeddings import sinusoid_table
+from transformer.model.layers import AttentionRecord, DecoderLayer, EncoderLayer, FeedForward
+from transformer.model.transformer import Decoder, Encoder, Transformer
+
+__all__ = [
+    "AttentionRecord",
+    "Decoder",
+    "DecoderCache",
+    "DecoderLayer",
+    "Encoder",
+    "EncoderLayer",
+    "FeedForward",
+    "MultiHeadAttention",
+    "Transformer",
+    "causal_mask",
+    "padding_mask",
+    "reference_attention",
+    "sinusoid_table",
+]

@@ -1,0 +1,164 @@
+"""Position-wise feed-forward network, encoder layer and decoder layer (sections 3.1 and 3.3).
+
+Shapes: B batch, S source length, T target length, D d_model.
+
+Each sub-layer is wrapped as the paper does, ``LayerNorm(x + Dropout(Sublayer(x)))`` ("post"), or,
+as an option that is not the paper, ``x + Dropout(Sublayer(LayerNorm(x)))`` ("pre"; the stack then
+ends with one final LayerNorm, see transformer.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+from transformer.model.attention import MultiHeadAttention, causal_mask
+from transformer.model.cache import LayerCache
+
+
+class FeedForward(nn.Module):
+    """FFN(x) = max(0, x W_1 + b_1) W_2 + b_2."""
+
+    def __init__(self, d_model: int, d_ff: int):
+        super().__init__()
+        self.linear1 = nn.Linear(d_model, d_ff)
+        self.linear2 = nn.Linear(d_ff, d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear2(self.linear1(x).relu())
+
+
+class SublayerConnection(nn.Module):
+    """Residual connection, dropout and LayerNorm around one sub-layer, post- or pre-norm."""
+
+    def __init__(self, d_model: int, dropout: float, norm_position: str, eps: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+        self.pre = norm_position == "pre"
+
+    def forward(self, x: Tensor, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
+        if self.pre:
+            return x + self.dropout(sublayer(self.norm(x)))
+        return self.norm(x + self.dropout(sublayer(x)))
+
+
+@dataclass
+class AttentionRecord:
+    """Collects attention weights per layer when passed down the model (reference path).
+
+    Each entry is (B, H, Tq, Tk). Explicit and opt-in: the fast path never fills it.
+    """
+
+    encoder_self: list[Tensor] = field(default_factory=list)
+    decoder_self: list[Tensor] = field(default_factory=list)
+    cross: list[Tensor] = field(default_factory=list)
+
+
+class EncoderLayer(nn.Module):
+    """Multi-head self-attention, then the feed-forward network, each wrapped as above."""
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        d_k: int,
+        d_v: int,
+        d_ff: int,
+        dropout: float,
+        attention_dropout: float = 0.0,
+        norm_position: str = "post",
+        eps: float = 1e-5,
+    ):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(d_model, n_heads, d_k, d_v, attention_dropout)
+        self.self_attn_sublayer = SublayerConnection(d_model, dropout, norm_position, eps)
+        self.feed_forward = FeedForward(d_model, d_ff)
+        self.feed_forward_sublayer = SublayerConnection(d_model, dropout, norm_position, eps)
+
+    def forward(
+        self, x: Tensor, src_mask: Tensor | None, record: AttentionRecord | None = None
+    ) -> Tensor:
+        """x (B, S, D), src_mask (B, 1, 1, S) bool -> (B, S, D)."""
+
+        def self_attention(h: Tensor) -> Tensor:
+            out, weights = self.self_attn(h, mask=src_mask, need_weights=record is not None)
+            if record is not None:
+                record.encoder_self.append(weights)
+            return out
+
+        x = self.self_attn_sublayer(x, self_attention)
+        return self.feed_forward_sublayer(x, self.feed_forward)
+
+
+class DecoderLayer(nn.Module):
+    """Masked self-attention, attention over the encoder output, then the feed-forward network."""
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        d_k: int,
+        d_v: int,
+        d_ff: int,
+        dropout: float,
+        attention_dropout: float = 0.0,
+        norm_position: str = "post",
+        eps: float = 1e-5,
+    ):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(d_model, n_heads, d_k, d_v, attention_dropout)
+        self.self_attn_sublayer = SublayerConnection(d_model, dropout, norm_position, eps)
+        self.cross_attn = MultiHeadAttention(d_model, n_heads, d_k, d_v, attention_dropout)
+        self.cross_attn_sublayer = SublayerConnection(d_model, dropout, norm_position, eps)
+        self.feed_forward = FeedForward(d_model, d_ff)
+        self.feed_forward_sublayer = SublayerConnection(d_model, dropout, norm_position, eps)
+
+    def forward(
+        self,
+        x: Tensor,
+        memory: Tensor,
+        src_mask: Tensor | None,
+        cache: LayerCache | None = None,
+        record: AttentionRecord | None = None,
+    ) -> Tensor:
+        """x (B, T, D) new target positions, memory (B, S, D), src_mask (B, 1, 1, S) -> (B, T, D).
+
+        Without a cache, x is the whole target prefix and self-attention is causal. With a cache,
+        x holds only the positions after those already cached: their keys/values are appended, and
+        the cross-attention keys/values of `memory` are computed on the first call and reused.
+        """
+        need = record is not None
+
+        def self_attention(h: Tensor) -> Tensor:
+            q, k, v = self.self_attn.project_qkv(h)  # (B, H, T, d_k|d_v)
+            if cache is None:
+                out, weights = self.self_attn.attend(q, k, v, is_causal=True, need_weights=need)
+            else:
+                k, v = cache.append_self(k, v)  # (B, H, past+T, d)
+                t_q, t_k = q.size(2), k.size(2)
+                # One new position may see every cached one; several need a causal offset mask.
+                mask = None if t_q == 1 else causal_mask(t_q, t_k, q.device)
+                out, weights = self.self_attn.attend(q, k, v, mask, need_weights=need)
+            if record is not None:
+                record.decoder_self.append(weights)
+            return out
+
+        def cross_attention(h: Tensor) -> Tensor:
+            q = self.cross_attn.project_q(h)
+            if cache is None:
+                k, v = self.cross_attn.project_kv(memory)
+            else:
+                if cache.cross_k is None:
+                    cache.cross_k, cache.cross_v = self.cross_attn.project_kv(memory)
+                k, v = cache.cross_k, cache.cross_v
+            out, weights = self.cross_attn.attend(q, k, v, src_mask, need_weights=need)
+            if record is not None:
+                record.cross.append(weights)
+            return out
+
+        x = self.self_attn_sublayer(x, self_attention)
+        x = self.cross_attn_sublayer(x, cross_attention)
+        return self.feed_forward_sublayer(x, self.feed_forward)

@@ -1,0 +1,177 @@
+"""Encoder, Decoder and the Transformer (Figure 1), built from a ModelConfig.
+
+Shapes: B batch, S source length, T target length, D d_model, V vocabulary.
+Ids use the project's fixed special tokens (transformer.vocab); masks are derived from ids via
+`padding_mask` (True = real token).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from transformer.config import ModelConfig
+from transformer.model.attention import key_mask, padding_mask
+from transformer.model.cache import DecoderCache
+from transformer.model.embeddings import (
+    LearnedPositionalEmbedding,
+    ScaledEmbedding,
+    SinusoidalPositionalEncoding,
+    TransformerEmbedding,
+)
+from transformer.model.layers import AttentionRecord, DecoderLayer, EncoderLayer
+
+
+def _positional(config: ModelConfig) -> nn.Module:
+    if config.positional == "learned":
+        return LearnedPositionalEmbedding(config.d_model, config.max_positions)
+    return SinusoidalPositionalEncoding(config.d_model, config.max_positions)
+
+
+def _layer_kwargs(config: ModelConfig) -> dict:
+    return dict(
+        d_model=config.d_model,
+        n_heads=config.n_heads,
+        d_k=config.d_k,
+        d_v=config.d_v,
+        d_ff=config.d_ff,
+        dropout=config.dropout,
+        attention_dropout=config.attention_dropout,
+        norm_position=config.norm_position,
+        eps=config.layer_norm_eps,
+    )
+
+
+class Encoder(nn.Module):
+    """N encoder layers over embedded source tokens (plus a final LayerNorm in pre-norm only)."""
+
+    def __init__(self, config: ModelConfig, token_embedding: ScaledEmbedding):
+        super().__init__()
+        self.embed = TransformerEmbedding(token_embedding, _positional(config), config.dropout)
+        self.layers = nn.ModuleList(
+            EncoderLayer(**_layer_kwargs(config)) for _ in range(config.n_encoder_layers)
+        )
+        pre = config.norm_position == "pre"
+        self.final_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if pre else None
+
+    def forward(
+        self, src_ids: Tensor, src_mask: Tensor, record: AttentionRecord | None = None
+    ) -> Tensor:
+        """src_ids (B, S), src_mask (B, S) bool -> memory (B, S, D)."""
+        x = self.embed(src_ids)
+        mask = key_mask(src_mask)  # (B, 1, 1, S)
+        for layer in self.layers:
+            x = layer(x, mask, record)
+        return self.final_norm(x) if self.final_norm is not None else x
+
+
+class Decoder(nn.Module):
+    """N decoder layers over embedded target tokens (plus a final LayerNorm in pre-norm only)."""
+
+    def __init__(self, config: ModelConfig, token_embedding: ScaledEmbedding):
+        super().__init__()
+        self.embed = TransformerEmbedding(token_embedding, _positional(config), config.dropout)
+        self.layers = nn.ModuleList(
+            DecoderLayer(**_layer_kwargs(config)) for _ in range(config.n_decoder_layers)
+        )
+        pre = config.norm_position == "pre"
+        self.final_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if pre else None
+
+    def forward(
+        self,
+        tgt_ids: Tensor,
+        memory: Tensor,
+        src_mask: Tensor,
+        cache: DecoderCache | None = None,
+        record: AttentionRecord | None = None,
+    ) -> Tensor:
+        """tgt_ids (B, T), memory (B, S, D), src_mask (B, S) -> hidden states (B, T, D)."""
+        offset = cache.length if cache is not None else 0
+        x = self.embed(tgt_ids, offset)
+        mask = key_mask(src_mask)  # (B, 1, 1, S)
+        for i, layer in enumerate(self.layers):
+            layer_cache = cache.layer(i) if cache is not None else None
+            x = layer(x, memory, mask, layer_cache, record)
+        if cache is not None:
+            cache.length += tgt_ids.size(1)
+        return self.final_norm(x) if self.final_norm is not None else x
+
+
+class Transformer(nn.Module):
+    """The encoder-decoder Transformer.
+
+    With `share_embeddings` (the paper), one matrix is the source embedding, the target embedding
+    and the pre-softmax projection; otherwise each has its own. The model knows nothing of search:
+    it exposes `encode` and `decode(..., cache)` for the decoders in `transformer.decoding`.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        src_embedding = ScaledEmbedding(config.vocab_size, config.d_model)
+        if config.share_embeddings:
+            tgt_embedding = src_embedding
+            self.output_projection = None  # logits use tgt_embedding.weight
+        else:
+            tgt_embedding = ScaledEmbedding(config.vocab_size, config.d_model)
+            self.output_projection = nn.Linear(config.d_model, config.vocab_size, bias=False)
+            nn.init.normal_(self.output_projection.weight, std=config.d_model**-0.5)
+        self.encoder = Encoder(config, src_embedding)
+        self.decoder = Decoder(config, tgt_embedding)
+        self._init_linear_layers()
+
+    def _init_linear_layers(self) -> None:
+        """Xavier-uniform weights and zero biases for every projection inside the layers."""
+        for stack in (self.encoder.layers, self.decoder.layers):
+            for module in stack.modules():
+                if isinstance(module, nn.Linear):
+                    nn.init.xavier_uniform_(module.weight)
+                    nn.init.zeros_(module.bias)
+
+    @property
+    def output_weight(self) -> Tensor:
+        """(V, D) matrix of the pre-softmax linear layer."""
+        if self.output_projection is None:
+            return self.decoder.embed.token.weight
+        return self.output_projection.weight
+
+    def encode(
+        self, src_ids: Tensor, src_mask: Tensor | None = None, record: AttentionRecord | None = None
+    ) -> Tensor:
+        """src_ids (B, S) -> memory (B, S, D). `src_mask` (B, S) defaults to ids != pad."""
+        if src_mask is None:
+            src_mask = padding_mask(src_ids)
+        return self.encoder(src_ids, src_mask, record)
+
+    def decode(
+        self,
+        tgt_ids: Tensor,
+        memory: Tensor,
+        src_mask: Tensor,
+        cache: DecoderCache | None = None,
+        record: AttentionRecord | None = None,
+    ) -> Tensor:
+        """Target ids (B, T) -> logits (B, T, V).
+
+        Without a cache, `tgt_ids` is the whole prefix (teacher forcing). With a `DecoderCache`,
+        it holds only the new positions; the cache is updated in place.
+        """
+        hidden = self.decoder(tgt_ids, memory, src_mask, cache, record)
+        return nn.functional.linear(hidden, self.output_weight)  # (B, T, V)
+
+    def forward(self, src_ids: Tensor, tgt_in_ids: Tensor) -> Tensor:
+        """Teacher-forced logits (B, T, V) for source ids (B, S) and target input ids (B, T)."""
+        src_mask = padding_mask(src_ids)
+        memory = self.encode(src_ids, src_mask)
+        return self.decode(tgt_in_ids, memory, src_mask)
+
+    def attention_weights(self, src_ids: Tensor, tgt_in_ids: Tensor) -> AttentionRecord:
+        """Every layer's attention weights (reference path) for one teacher-forced pass."""
+        record = AttentionRecord()
+        src_mask = padding_mask(src_ids)
+        memory = self.encode(src_ids, src_mask, record)
+        self.decode(tgt_in_ids, memory, src_mask, record=record)
+        return record
+
+    def num_parameters(self) -> int:
+        """Distinct trainable parameters (a shared matrix counts once)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
