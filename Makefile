@@ -28,6 +28,10 @@ format: setup
 test: setup lint
 	$(BIN)/python -m pytest -q tests
 
+# Until training lands (see README "Status"), the demo trains the model on the copy task.
+demo: setup
+	$(BIN)/python -m pytest -q -s tests/model/test_transformer.py::test_learns_the_copy_task
+
 bench: setup
 	$(BIN)/python benchmarks/model_speed.py
 

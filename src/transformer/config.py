@@ -162,6 +162,7 @@ class ModelConfig:
         if (
             heads_ok
             and isinstance(self.d_model, int)
+            and self.d_model >= 1
             and (self.d_k is None or self.d_v is None)
             and self.d_model % self.n_heads != 0
         ):
