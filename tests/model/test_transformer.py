@@ -181,3 +181,14 @@ def test_learns_the_copy_task():
     elapsed = time.perf_counter() - start
     assert accuracy >= 0.99, f"accuracy {accuracy:.3f} after {step} steps"
     assert elapsed < 60, f"took {elapsed:.1f} s"
+
+
+@pytest.mark.gpu
+def test_cuda_forward_and_cached_decoding_match_cpu():
+    model = Transformer(tiny_config()).eval()
+    src, tgt = batch_with_padding()
+    with torch.no_grad():
+        expected = model(src, tgt)
+        model.cuda()
+        got = model(src.cuda(), tgt.cuda()).cpu()
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
