@@ -1,0 +1,480 @@
+"""`transformer prepare`: check parallel text, train a joint BPE tokenizer, binarize every split.
+
+    transformer prepare --src de --tgt en --train data/multi30k/train --valid data/multi30k/val \\
+        --test data/multi30k/test_2016_flickr --vocab-size 8000 --out runs/multi30k-data
+
+Each PREFIX names `PREFIX.SRC` / `PREFIX.TGT` (or the same with `.gz`). Splits are called
+"train", "valid" and, for each `--test`, the base name of its prefix. The output directory is
+described in `transformer.data.dataset`.
+
+Guarantees:
+
+- inputs are checked before any work (equal line counts, strict UTF-8, LF or CRLF) and every
+  problem names the file and, where there is one, the line;
+- nothing half-written is ever left: the directory is built in a temporary directory beside
+  `--out` and renamed into place at the end, or removed on any error or interrupt;
+- memory does not grow with the corpus: text is read, encoded (in parallel, by the fast batch
+  encoder) and appended to the output in chunks, and length statistics are kept as histograms;
+- only the training split is filtered (empty side, longer than `--max-len` subwords, length ratio
+  above `--max-ratio`), each removal counted under its first reason; validation and test sets are
+  kept whole, so that scores are comparable with published ones. Sentences are stripped of
+  surrounding whitespace before encoding; the raw text of validation and test sets is copied
+  unchanged (`NAME.src.txt`, `NAME.tgt.txt`) to serve as BLEU references.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+from tqdm import tqdm
+
+from transformer.data.dataset import FORMAT_VERSION, MANIFEST, TOKENIZER, SideWriter, token_dtype
+from transformer.data.errors import DataError
+from transformer.data.textfiles import (
+    count_lines,
+    current_umask,
+    file_sha256,
+    read_lines,
+    resolve_prefix,
+)
+from transformer.data.tokenizer import MIN_VOCAB_SIZE, SubwordTokenizer
+
+FILTER_REASONS = ("empty", "too_long", "ratio")
+
+
+@dataclass(frozen=True)
+class SplitInput:
+    """One split to binarize: its name, its two files and their (checked) line count."""
+
+    name: str
+    src: Path
+    tgt: Path
+    lines: int
+
+
+def prepare(
+    *,
+    src_lang: str,
+    tgt_lang: str,
+    train: str | Path,
+    valid: str | Path,
+    out: str | Path,
+    tests: Sequence[str | Path] = (),
+    vocab_size: int | None = None,
+    tokenizer: str | Path | None = None,
+    max_len: int = 256,
+    max_ratio: float = 3.0,
+    min_frequency: int = 2,
+    force: bool = False,
+    chunk_size: int = 10_000,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Build the data directory `out` from parallel text; returns its manifest.
+
+    Trains a joint BPE tokenizer of `vocab_size` tokens on the training split (both languages),
+    or uses the existing `tokenizer` file. `max_ratio=math.inf` disables the ratio filter.
+    Raises DataError, leaving nothing behind, on any problem with the inputs or `out`.
+    """
+    say = log or (lambda _msg: None)
+    started = time.perf_counter()
+    _check_options(
+        src_lang, tgt_lang, vocab_size, tokenizer, max_len, max_ratio, min_frequency, chunk_size
+    )
+    out = Path(os.path.abspath(out))  # normalises "." and "..": the temp dir goes beside it
+    _check_out(out, force)
+    splits = _resolve_splits(src_lang, tgt_lang, train, valid, tests)
+    say(f"checking {2 * len(splits)} input files")
+    checked = [_check_split(s) for s in splits]
+    if checked[0].lines == 0:
+        raise DataError(f"{checked[0].src}: the training set is empty")
+
+    created = _missing_ancestors(out.parent)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        os.chmod(tmp, 0o777 & ~current_umask())
+        if tokenizer is not None:
+            tok = SubwordTokenizer.from_file(tokenizer)
+            if vocab_size is not None and vocab_size != tok.vocab_size:
+                raise DataError(
+                    f"{tokenizer}: has {tok.vocab_size} tokens but --vocab-size is {vocab_size}; "
+                    "drop --vocab-size to use the tokenizer as it is"
+                )
+            say(f"using tokenizer {tokenizer} ({tok.vocab_size} tokens)")
+        else:
+            assert vocab_size is not None
+            say(f"training a joint BPE tokenizer of {vocab_size} tokens")
+            tok = SubwordTokenizer.train(
+                [checked[0].src, checked[0].tgt], vocab_size, min_frequency
+            )
+        tok.save(tmp / TOKENIZER)
+        dtype = token_dtype(tok.vocab_size)
+
+        split_info: dict[str, Any] = {}
+        for s in checked:
+            split_info[s.name] = _binarize(
+                s,
+                tok,
+                tmp,
+                dtype,
+                is_train=s.name == "train",
+                max_len=max_len,
+                max_ratio=max_ratio,
+                chunk_size=chunk_size,
+                progress=progress,
+            )
+            info = split_info[s.name]
+            dropped = ", ".join(f"{r} {n}" for r, n in info["filtered"].items())
+            say(
+                f"{s.name}: {info['pairs']} pairs of {s.lines} lines"
+                + (f" (filtered: {dropped})" if s.name == "train" else "")
+            )
+        if split_info["train"]["pairs"] == 0:
+            raise DataError(
+                f"{checked[0].src}: every training pair was filtered out "
+                f"({split_info['train']['filtered']}); check --max-len and --max-ratio"
+            )
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "src_lang": src_lang,
+            "tgt_lang": tgt_lang,
+            "vocab_size": tok.vocab_size,
+            "dtype": dtype.name,
+            "tokenizer": {
+                "file": TOKENIZER,
+                "sha256": tok.sha256,
+                "trained": tokenizer is None,
+                "from_file": None if tokenizer is None else str(tokenizer),
+                "min_frequency": min_frequency if tokenizer is None else None,
+            },
+            "filter": {
+                "splits": ["train"],
+                "max_len": max_len,
+                "max_ratio": None if math.isinf(max_ratio) else max_ratio,
+            },
+            "splits": split_info,
+        }
+        _write_json(tmp / MANIFEST, manifest)
+        _move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for d in created:
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
+    say(f"wrote {out} in {time.perf_counter() - started:.1f} s")
+    return manifest
+
+
+# ---------------------------------------------------------------------------------- checking
+
+
+def _check_options(
+    src_lang: str,
+    tgt_lang: str,
+    vocab_size: int | None,
+    tokenizer: str | Path | None,
+    max_len: int,
+    max_ratio: float,
+    min_frequency: int,
+    chunk_size: int,
+) -> None:
+    problems = []
+    for flag, lang in (("--src", src_lang), ("--tgt", tgt_lang)):
+        if not lang or "/" in lang or lang.startswith("."):
+            problems.append(f"{flag}: expected a language code such as 'de', got {lang!r}")
+    if src_lang == tgt_lang:
+        problems.append(f"--src and --tgt must differ (both are {src_lang!r})")
+    if vocab_size is None and tokenizer is None:
+        problems.append("give --vocab-size N to train a tokenizer, or --tokenizer FILE")
+    if vocab_size is not None and vocab_size < MIN_VOCAB_SIZE:
+        problems.append(f"--vocab-size must be at least {MIN_VOCAB_SIZE}, got {vocab_size}")
+    if max_len < 1:
+        problems.append(f"--max-len must be at least 1, got {max_len}")
+    if not max_ratio >= 1.0:  # also catches NaN
+        problems.append(f"--max-ratio must be at least 1 (inf disables it), got {max_ratio}")
+    if min_frequency < 1:
+        problems.append(f"--min-frequency must be at least 1, got {min_frequency}")
+    if chunk_size < 1:
+        problems.append(f"--chunk-size must be at least 1, got {chunk_size}")
+    if problems:
+        raise DataError("; ".join(problems))
+
+
+def _check_out(out: Path, force: bool) -> None:
+    """Refuse to overwrite anything but an empty directory or, with force, a data directory."""
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not out.is_dir():
+        raise DataError(f"--out {out}: exists and is not a directory; choose another path")
+    if not any(out.iterdir()):
+        return
+    if not force:
+        raise DataError(f"--out {out}: exists and is not empty; add --force to replace it")
+    if not (out / MANIFEST).is_file():
+        raise DataError(
+            f"--out {out}: is not empty and holds no {MANIFEST}, so it does not look like a data "
+            "directory written by `transformer prepare`; --force only replaces those. "
+            "Choose another --out, or empty it yourself"
+        )
+
+
+def _resolve_splits(
+    src_lang: str,
+    tgt_lang: str,
+    train: str | Path,
+    valid: str | Path,
+    tests: Sequence[str | Path],
+) -> list[SplitInput]:
+    named = [("train", train), ("valid", valid)]
+    for prefix in tests:
+        name = Path(prefix).name
+        if not name or name.startswith("."):
+            raise DataError(f"--test {prefix}: cannot name a split after this prefix")
+        clash = [p for n, p in named if n == name]
+        if clash:
+            raise DataError(
+                f"--test {prefix}: its split name '{name}' is already used by {clash[0]}; "
+                "rename the files so that each test set has its own base name"
+            )
+        named.append((name, prefix))
+    return [
+        SplitInput(name, resolve_prefix(p, src_lang), resolve_prefix(p, tgt_lang), -1)
+        for name, p in named
+    ]
+
+
+def _check_split(split: SplitInput) -> SplitInput:
+    """Count lines (validating UTF-8 on the way); the two sides must have as many."""
+    n_src, n_tgt = count_lines(split.src), count_lines(split.tgt)
+    if n_src != n_tgt:
+        raise DataError(
+            f"{split.name}: {split.src} has {n_src} lines but {split.tgt} has {n_tgt}; "
+            "line i of one must be the translation of line i of the other"
+        )
+    return SplitInput(split.name, split.src, split.tgt, n_src)
+
+
+def _missing_ancestors(path: Path) -> list[Path]:
+    """Directories from `path` upwards that do not exist yet, deepest first."""
+    missing = []
+    path = path.absolute()
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+# ---------------------------------------------------------------------------------- encoding
+
+
+def _binarize(
+    split: SplitInput,
+    tok: SubwordTokenizer,
+    out_dir: Path,
+    dtype: np.dtype,
+    *,
+    is_train: bool,
+    max_len: int,
+    max_ratio: float,
+    chunk_size: int,
+    progress: bool,
+) -> dict[str, Any]:
+    """Encode one split chunk by chunk into its .bin/.idx files; returns its manifest entry."""
+    filtered = dict.fromkeys(FILTER_REASONS, 0)
+    kept = 0
+    pairs = zip(read_lines(split.src), read_lines(split.tgt))
+    with contextlib.ExitStack() as stack:
+        writers = [
+            stack.enter_context(SideWriter(out_dir, split.name, side, dtype))
+            for side in ("src", "tgt")
+        ]
+        texts: list[TextIO] = []
+        if not is_train:
+            texts = [
+                stack.enter_context(
+                    open(out_dir / f"{split.name}.{side}.txt", "w", encoding="utf-8", newline="\n")
+                )
+                for side in ("src", "tgt")
+            ]
+        bar = stack.enter_context(
+            tqdm(
+                total=split.lines,
+                desc=split.name,
+                unit=" lines",
+                unit_scale=True,
+                disable=not progress,
+                file=sys.stderr,
+                mininterval=0.5,
+            )
+        )
+        while chunk := list(itertools.islice(pairs, chunk_size)):
+            src_lines = [s for s, _ in chunk]
+            tgt_lines = [t for _, t in chunk]
+            for f, lines in zip(texts, (src_lines, tgt_lines)):
+                f.write("".join(line + "\n" for line in lines))
+            src_ids = tok.encode_batch([s.strip() for s in src_lines])
+            tgt_ids = tok.encode_batch([t.strip() for t in tgt_lines])
+            if is_train:
+                keep = []
+                for i, (s, t) in enumerate(zip(src_ids, tgt_ids)):
+                    reason = _filter_reason(len(s), len(t), max_len, max_ratio)
+                    if reason is None:
+                        keep.append(i)
+                    else:
+                        filtered[reason] += 1
+                src_ids = [src_ids[i] for i in keep]
+                tgt_ids = [tgt_ids[i] for i in keep]
+            writers[0].write(src_ids)
+            writers[1].write(tgt_ids)
+            kept += len(src_ids)
+            bar.update(len(chunk))
+    return {
+        "pairs": kept,
+        "input_lines": split.lines,
+        "filtered": filtered if is_train else dict.fromkeys(FILTER_REASONS, 0),
+        "inputs": {
+            "src": {"path": str(split.src), "sha256": file_sha256(split.src)},
+            "tgt": {"path": str(split.tgt), "sha256": file_sha256(split.tgt)},
+        },
+        "tokens": {"src": writers[0].offset, "tgt": writers[1].offset},
+        "lengths": {"src": writers[0].lengths.stats(), "tgt": writers[1].lengths.stats()},
+        "text": None if is_train else {side: f"{split.name}.{side}.txt" for side in ("src", "tgt")},
+    }
+
+
+def _filter_reason(n_src: int, n_tgt: int, max_len: int, max_ratio: float) -> str | None:
+    """Why a training pair is dropped (the first reason that applies), or None to keep it."""
+    if n_src == 0 or n_tgt == 0:
+        return "empty"
+    if n_src > max_len or n_tgt > max_len:
+        return "too_long"
+    if max(n_src, n_tgt) > max_ratio * min(n_src, n_tgt):
+        return "ratio"
+    return None
+
+
+# ---------------------------------------------------------------------------------- finishing
+
+
+def _write_json(path: Path, data: Any) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished directory to `out`; an old `out` is moved aside first, then removed."""
+    old: Path | None = None
+    if out.is_dir():
+        if any(out.iterdir()):
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+            os.replace(out, old / out.name)
+        else:
+            out.rmdir()
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old / out.name, out)
+            old.rmdir()
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `transformer prepare`."""
+    add = parser.add_argument
+    add("--src", required=True, metavar="LANG", help="source language code, e.g. de")
+    add("--tgt", required=True, metavar="LANG", help="target language code, e.g. en")
+    add("--train", required=True, metavar="PREFIX", help="reads PREFIX.SRC and PREFIX.TGT (.gz ok)")
+    add("--valid", required=True, metavar="PREFIX", help="validation set, never filtered")
+    add(
+        "--test",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="a test set (repeatable), never filtered; its split is named after PREFIX's base name",
+    )
+    add("--out", required=True, metavar="DIR", help="the data directory to write")
+    add("--vocab-size", type=int, metavar="N", help="train a joint BPE tokenizer of N tokens")
+    add("--tokenizer", metavar="FILE", help="use this tokenizer.json instead of training one")
+    add(
+        "--min-frequency",
+        type=int,
+        default=2,
+        metavar="N",
+        help="BPE merges need at least N occurrences (default: %(default)s)",
+    )
+    add(
+        "--max-len",
+        type=int,
+        default=256,
+        metavar="N",
+        help="drop training pairs with a side longer than N subwords (default: %(default)s)",
+    )
+    add(
+        "--max-ratio",
+        type=float,
+        default=3.0,
+        metavar="R",
+        help="drop training pairs whose longer side has more than R times the subwords of the "
+        "shorter; inf keeps all (default: %(default)s)",
+    )
+    add(
+        "--chunk-size",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="lines read and encoded at once; bounds memory (default: %(default)s)",
+    )
+    add("--force", action="store_true", help="replace an existing data directory")
+    add("--quiet", action="store_true", help="no progress bars and no summary")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `transformer prepare`; bad input prints `error: ...` and returns 2."""
+    log = None if args.quiet else print
+    try:
+        prepare(
+            src_lang=args.src,
+            tgt_lang=args.tgt,
+            train=args.train,
+            valid=args.valid,
+            tests=args.test,
+            out=args.out,
+            vocab_size=args.vocab_size,
+            tokenizer=args.tokenizer,
+            max_len=args.max_len,
+            max_ratio=args.max_ratio,
+            min_frequency=args.min_frequency,
+            force=args.force,
+            chunk_size=args.chunk_size,
+            progress=not args.quiet,
+            log=log,
+        )
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
