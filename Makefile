@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.setup-stamp
 TORCH  := torch==2.13.0
 
-.PHONY: setup lint format test test-fast demo bench clean
+.PHONY: setup lint format test demo bench clean
 
 setup: $(STAMP)
 

@@ -133,10 +133,16 @@ class ModelConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 problems.append(f"{name}: must be a positive integer, got {value!r}")
 
-        for name in ("vocab_size", "d_model", "n_heads", "d_ff", "n_encoder_layers"):
+        for name in (
+            "vocab_size",
+            "d_model",
+            "n_heads",
+            "d_ff",
+            "n_encoder_layers",
+            "n_decoder_layers",
+            "max_positions",
+        ):
             positive(name)
-        positive("n_decoder_layers")
-        positive("max_positions")
         for name in ("d_k", "d_v"):
             if getattr(self, name) is not None:
                 positive(name)
