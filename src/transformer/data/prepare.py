@@ -46,12 +46,12 @@ from transformer.data.dataset import FORMAT_VERSION, MANIFEST, TOKENIZER, SideWr
 from transformer.data.errors import DataError
 from transformer.data.textfiles import (
     count_lines,
-    current_umask,
     file_sha256,
     read_lines,
     resolve_prefix,
 )
 from transformer.data.tokenizer import MIN_VOCAB_SIZE, SubwordTokenizer
+from transformer.io import current_umask, replace_dir
 
 FILTER_REASONS = ("empty", "too_long", "ratio")
 
@@ -170,7 +170,7 @@ def prepare(
             "splits": split_info,
         }
         _write_json(tmp / MANIFEST, manifest)
-        _move_into_place(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         for d in created:
@@ -378,26 +378,6 @@ def _write_json(path: Path, data: Any) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, ensure_ascii=False)
         f.write("\n")
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished directory to `out`; an old `out` is moved aside first, then removed."""
-    old: Path | None = None
-    if out.is_dir():
-        if any(out.iterdir()):
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-            os.replace(out, old / out.name)
-        else:
-            out.rmdir()
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old / out.name, out)
-            old.rmdir()
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------- CLI

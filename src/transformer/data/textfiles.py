@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,14 +78,6 @@ def file_sha256(path: Path, chunk_size: int = 1 << 20) -> str:
         while chunk := f.read(chunk_size):
             h.update(chunk)
     return h.hexdigest()
-
-
-def current_umask() -> int:
-    """The process umask (read by setting and restoring it), for files made via `tempfile`,
-    which creates them private (0600 / 0700) whereas outputs should get the usual permissions."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def resolve_prefix(prefix: str | Path, lang: str) -> Path:

@@ -25,7 +25,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from transformer.data.errors import DataError
-from transformer.data.textfiles import current_umask, read_lines
+from transformer.data.textfiles import read_lines
+from transformer.io import current_umask
 from transformer.vocab import SPECIAL_TOKENS
 
 # 4 special tokens + the 256 byte symbols: the smallest vocabulary that can encode everything.
