@@ -33,7 +33,10 @@ demo: setup
 	$(BIN)/python -m pytest -q -s tests/model/test_transformer.py::test_learns_the_copy_task
 
 bench: setup
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	$(BIN)/python benchmarks/model_speed.py
+	@if [ -n "$(MODEL)" ]; then $(BIN)/python benchmarks/decode_speed.py --model $(MODEL); \
+	else echo "decode_speed skipped: pass a trained model directory, make bench MODEL=DIR"; fi
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -5,4 +5,21 @@ from transformer.model import DecoderCache, Transformer
 
 __version__ = "0.1.0"
 
-__all__ = ["ConfigError", "DecoderCache", "ModelConfig", "Transformer", "__version__"]
+__all__ = [
+    "ConfigError",
+    "DecoderCache",
+    "ModelConfig",
+    "Transformer",
+    "Translator",
+    "__version__",
+]
+
+
+def __getattr__(name: str):
+    # Imported on first use: the facade pulls in the tokenizer and decoding, which
+    # `transformer --help` and training do not need.
+    if name == "Translator":
+        from transformer.translator import Translator
+
+        return Translator
+    raise AttributeError(f"module 'transformer' has no attribute {name!r}")

@@ -27,6 +27,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "average the last N checkpoints into a model directory",
     ),
     "plot": ("transformer.training.plot", "plot a run's training curves as PNG files"),
+    "translate": (
+        "transformer.decoding.cli",
+        "translate lines (stdin or a file) with a model directory: a Unix filter",
+    ),
+    "evaluate": (
+        "transformer.evaluation.cli",
+        "translate a test set and report sacreBLEU BLEU / chrF with signatures and speed",
+    ),
 }
 
 

@@ -77,24 +77,51 @@ class MultiHeadAttention(nn.Module):
         self.k_proj = nn.Linear(d_model, n_heads * d_k)
         self.v_proj = nn.Linear(d_model, n_heads * d_v)
         self.out_proj = nn.Linear(n_heads * d_v, d_model)
+        # Concatenated projection weights, reused across calls when no gradient is needed (decoding).
+        # A plain attribute, not a buffer: never in the state dict.
+        self._fused: dict[str, tuple[tuple, Tensor, Tensor]] = {}
 
     def _heads(self, x: Tensor, d: int) -> Tensor:
         """(B, T, H*d) -> (B, H, T, d)."""
         b, t, _ = x.shape
         return x.view(b, t, self.n_heads, d).transpose(1, 2)
 
+    def _fused_linear(self, name: str, layers: tuple[nn.Linear, ...]) -> tuple[Tensor, Tensor]:
+        """The weights and biases of `layers` stacked into one linear map.
+
+        With gradients enabled (training) they are concatenated on every call so that gradients
+        flow; otherwise (decoding) the concatenation is kept, at the cost of one extra copy of
+        those weights, and rebuilt only when a parameter changed (new storage, e.g. after `.to()`,
+        or an in-place update such as an optimizer step or `load_state_dict`, which bumps
+        `_version`).
+        """
+        if torch.is_grad_enabled():
+            self._fused.pop(name, None)
+            return (
+                torch.cat([layer.weight for layer in layers]),
+                torch.cat([layer.bias for layer in layers]),
+            )
+        params = [p for layer in layers for p in (layer.weight, layer.bias)]
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        cached = self._fused.get(name)
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                weight = torch.cat([layer.weight for layer in layers])
+                bias = torch.cat([layer.bias for layer in layers])
+            cached = (key, weight, bias)
+            self._fused[name] = cached
+        return cached[1], cached[2]
+
     def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Self-attention projections of x (B, T, D) in one matmul -> q, k (B, H, T, d_k), v (B, H, T, d_v)."""
-        weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
-        bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
+        weight, bias = self._fused_linear("qkv", (self.q_proj, self.k_proj, self.v_proj))
         hk = self.n_heads * self.d_k
         q, k, v = F.linear(x, weight, bias).split([hk, hk, self.n_heads * self.d_v], dim=-1)
         return self._heads(q, self.d_k), self._heads(k, self.d_k), self._heads(v, self.d_v)
 
     def project_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
         """Keys and values of memory (B, S, D) in one matmul -> k (B, H, S, d_k), v (B, H, S, d_v)."""
-        weight = torch.cat([self.k_proj.weight, self.v_proj.weight])
-        bias = torch.cat([self.k_proj.bias, self.v_proj.bias])
+        weight, bias = self._fused_linear("kv", (self.k_proj, self.v_proj))
         k, v = F.linear(memory, weight, bias).split(
             [self.n_heads * self.d_k, self.n_heads * self.d_v], dim=-1
         )

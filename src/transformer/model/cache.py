@@ -19,6 +19,8 @@ class LayerCache:
     def __init__(self) -> None:
         self._self_k: Tensor | None = None  # (B, H, capacity, d_k)
         self._self_v: Tensor | None = None  # (B, H, capacity, d_v)
+        self._spare_k: Tensor | None = None  # the other buffer of a pair, reused by reorder()
+        self._spare_v: Tensor | None = None
         self.length = 0
         self.cross_k: Tensor | None = None  # (B, H, S, d_k)
         self.cross_v: Tensor | None = None  # (B, H, S, d_v)
@@ -31,6 +33,7 @@ class LayerCache:
             capacity = max(needed, 16 if self._self_k is None else 2 * self._self_k.size(2))
             self._self_k = self._grow(self._self_k, k, capacity)
             self._self_v = self._grow(self._self_v, v, capacity)
+            self._spare_k = self._spare_v = None
         self._self_k[:, :, self.length : needed] = k
         self._self_v[:, :, self.length : needed] = v
         self.length = needed
@@ -43,14 +46,31 @@ class LayerCache:
             new[:, :, : self.length] = old[:, :, : self.length]
         return new
 
-    def reorder(self, indices: Tensor) -> None:
-        """Keep batch rows `indices` (B') in that order, dropping the rest."""
+    def reorder(self, indices: Tensor, cross: bool = True) -> None:
+        """Keep batch rows `indices` (B') in that order, dropping the rest.
+
+        `cross=False` leaves the cross-attention keys/values alone: valid when `indices` only
+        moves rows among copies of the same source (beam search within a sentence).
+        """
         if self._self_k is not None:
-            self._self_k = self._self_k.index_select(0, indices)
-            self._self_v = self._self_v.index_select(0, indices)
-        if self.cross_k is not None:
+            self._self_k, self._spare_k = self._select(self._self_k, self._spare_k, indices)
+            self._self_v, self._spare_v = self._select(self._self_v, self._spare_v, indices)
+        if cross and self.cross_k is not None:
             self.cross_k = self.cross_k.index_select(0, indices)
             self.cross_v = self.cross_v.index_select(0, indices)
+
+    def _select(self, buf: Tensor, spare: Tensor | None, indices: Tensor) -> tuple[Tensor, Tensor]:
+        """Rows `indices` of buf's filled positions, written into the spare buffer (same
+        capacity) when it has the right shape; returns (new buffer, new spare). Reusing two
+        buffers avoids a fresh allocation (and its page faults) at every beam-search step, and only
+        the positions decoded so far are copied, not the whole capacity."""
+        _, h, capacity, d = buf.shape
+        shape = (indices.numel(), h, capacity, d)
+        if spare is None or spare.shape != shape:
+            spare = buf.new_empty(shape)
+        filled = slice(0, self.length)
+        torch.index_select(buf[:, :, filled], 0, indices, out=spare[:, :, filled])
+        return spare, buf
 
 
 class DecoderCache:
@@ -71,6 +91,7 @@ class DecoderCache:
         return self.layers[i]
 
     @torch.no_grad()
-    def reorder(self, indices: Tensor) -> None:
+    def reorder(self, indices: Tensor, cross: bool = True) -> None:
+        """Select batch rows `indices` of every layer (see `LayerCache.reorder` for `cross`)."""
         for layer in self.layers:
-            layer.reorder(indices)
+            layer.reorder(indices, cross)

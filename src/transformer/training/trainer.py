@@ -182,7 +182,10 @@ class Trainer:
         self.valid_data: ParallelDataset | None = None
         if (data_dir / f"{config.data.valid_split}.src.idx").is_file():
             self.valid_data = load_split(data_dir, config.data.valid_split)
-        self.valid_refs = _read_text(data_dir / f"{config.data.valid_split}.tgt.txt")
+        # Raw validation text for BLEU (prepare keeps it for every split but train).
+        valid_src = _read_text(data_dir / f"{config.data.valid_split}.src.txt")
+        valid_ref = _read_text(data_dir / f"{config.data.valid_split}.tgt.txt")
+        self.valid_texts = (valid_src, valid_ref) if valid_src and valid_ref else None
         self.sampler = TokenBatchSampler(
             self.train_data.src_lengths,
             self.train_data.tgt_lengths,
@@ -461,7 +464,7 @@ class Trainer:
                 self.model,
                 self.valid_data,
                 self.tokenizer,
-                self.valid_refs if t.valid_bleu else None,
+                self.valid_texts if t.valid_bleu else None,
                 device=self.device,
                 max_tokens=self.config.data.valid_max_tokens,
                 label_smoothing=self.config.optim.label_smoothing,

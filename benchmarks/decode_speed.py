@@ -1,0 +1,275 @@
+"""Decoding speed: our cached batched decoder against itself without the cache and against
+Hugging Face `MarianMTModel.generate`, greedy and beam 4, all in one run.
+
+What is measured
+----------------
+The source file (default: Multi30k test2016 German, 1,000 sentences) is tokenized once and cut
+into the same length-sorted batches of at most ``--max-tokens`` padded source tokens for every
+decoder. Only decoding is timed (encoder + search loop, batch by batch; tokenization and
+detokenization excluded), after one untimed warm-up batch per decoder.
+
+* ``ours``: `transformer.decoding.generate` with the KV cache (cross-attention K/V computed once,
+  finished sentences leave the batch), the paper's settings (GNMT alpha 0.6, max length
+  source + 50).
+* ``ours-uncached``: the same loop and the same settings, but every step re-runs the decoder over
+  the whole prefix (``use_cache=False``). Its output tokens are checked to equal ``ours``.
+* ``marian``: `transformers.MarianMTModel` with random weights and the same sizes (d_model, heads,
+  d_ff, layers, vocabulary, ReLU, scaled shared embeddings, post-norm), `generate(num_beams=...)`
+  with its own KV cache. A random model would not stop where ours does, so each batch is forced
+  to the length of our longest hypothesis in that batch (``min_new_tokens = max_new_tokens``).
+  Hugging Face keeps every sentence of a batch until the batch ends, which is part of what is
+  compared.
+
+Throughput: sentences/s and target tokens/s, where target tokens are the tokens of our best
+hypotheses (EOS included) — the same count for every decoder, so the ratios of the two agree.
+Every decoder runs with the same ``torch.set_num_threads(--threads)``.
+
+Run (from the repository root)::
+
+    .venv/bin/python -m pip install -e '.[bench]'     # transformers, for the Marian baseline
+    .venv/bin/python benchmarks/decode_speed.py --model MODEL_DIR
+
+Results are printed as a Markdown table and written to ``benchmarks/results/decode_speed.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from transformer.data.textfiles import read_lines
+from transformer.decoding import SearchSettings, generate, length_batches, max_output_lengths
+from transformer.model import Transformer, padding_mask
+from transformer.modeldir import load_model_dir
+from transformer.vocab import BOS_ID, EOS_ID, PAD_ID
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SRC = [
+    ROOT.parent / "shared" / "data" / "multi30k" / "test_2016_flickr.de.gz",
+    ROOT / "data" / "multi30k" / "test_2016_flickr.de.gz",
+]
+
+
+@dataclass
+class Row:
+    method: str
+    decoder: str
+    seconds: float
+    sentences: int
+    target_tokens: int
+    sentences_per_s: float
+    tokens_per_s: float
+    speedup_of_ours: float = 1.0  # ours' throughput / this decoder's (1.0 on ours' own row)
+    same_tokens_as_ours: bool | None = None
+
+
+@dataclass
+class Batch:
+    src: Tensor  # (N, S) subwords + EOS, padded
+    max_len: Tensor  # (N,)
+
+
+def make_batches(ids: list[list[int]], max_tokens: int) -> list[Batch]:
+    lengths = [len(s) + 1 for s in ids]
+    batches = []
+    for batch in length_batches(lengths, max_tokens):
+        width = max(lengths[i] for i in batch)
+        src = torch.full((len(batch), width), PAD_ID, dtype=torch.long)
+        for row, i in enumerate(batch):
+            src[row, : lengths[i]] = torch.tensor([*ids[i], EOS_ID])
+        n_subwords = torch.tensor([lengths[i] - 1 for i in batch])
+        batches.append(Batch(src, max_output_lengths(n_subwords, 1.0, 50)))
+    return batches
+
+
+def timed(fn: Callable[[Batch], object], batches: list[Batch]) -> tuple[float, list]:
+    fn(batches[len(batches) // 2])  # warm-up, untimed
+    outputs, start = [], time.perf_counter()
+    for batch in batches:
+        outputs.append(fn(batch))
+    return time.perf_counter() - start, outputs
+
+
+def marian_like(model: Transformer):
+    """A randomly initialised MarianMTModel with our model's sizes."""
+    from transformers import MarianConfig, MarianMTModel
+
+    c = model.config
+    config = MarianConfig(
+        vocab_size=c.vocab_size,
+        decoder_vocab_size=c.vocab_size,
+        d_model=c.d_model,
+        encoder_layers=c.n_encoder_layers,
+        decoder_layers=c.n_decoder_layers,
+        encoder_attention_heads=c.n_heads,
+        decoder_attention_heads=c.n_heads,
+        encoder_ffn_dim=c.d_ff,
+        decoder_ffn_dim=c.d_ff,
+        activation_function="relu",
+        max_position_embeddings=1024,
+        scale_embedding=True,
+        share_encoder_decoder_embeddings=True,
+        tie_word_embeddings=True,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        pad_token_id=PAD_ID,
+        eos_token_id=EOS_ID,
+        bos_token_id=BOS_ID,
+        decoder_start_token_id=BOS_ID,
+        forced_eos_token_id=None,
+    )
+    torch.manual_seed(0)
+    return MarianMTModel(config).eval()
+
+
+def bench_method(
+    model: Transformer,
+    marian,
+    batches: list[Batch],
+    n_sentences: int,
+    method: str,
+    beam: int,
+    uncached: bool,
+) -> list[Row]:
+    """Rows for one decoding method: ours, then (optionally) ours without cache and Marian."""
+    settings = SearchSettings(method=method, beam=beam, alpha=0.6)
+    name = "greedy" if method == "greedy" else f"beam {beam}"
+
+    def ours(batch: Batch, use_cache: bool = True):
+        s = settings if use_cache else SearchSettings(**{**asdict(settings), "use_cache": False})
+        return generate([model], batch.src, batch.max_len, s)
+
+    seconds, outs = timed(ours, batches)
+    tokens = int(sum(int(o.lengths[:, 0].sum()) for o in outs))
+    ref = Row(name, "ours", seconds, n_sentences, tokens, n_sentences / seconds, tokens / seconds)
+    rows = [ref]
+    print(f"{name}: ours {seconds:.1f} s", flush=True)
+
+    def add(decoder: str, seconds: float, same: bool | None) -> None:
+        rows.append(
+            Row(
+                name,
+                decoder,
+                seconds,
+                n_sentences,
+                tokens,
+                n_sentences / seconds,
+                tokens / seconds,
+                speedup_of_ours=seconds / ref.seconds,
+                same_tokens_as_ours=same,
+            )
+        )
+        print(f"{name}: {decoder} {seconds:.1f} s", flush=True)
+
+    if uncached:
+        seconds, slow = timed(lambda b: ours(b, use_cache=False), batches)
+        add(
+            "ours, no cache",
+            seconds,
+            all(torch.equal(a.tokens, b.tokens) for a, b in zip(outs, slow)),
+        )
+    if marian is not None:
+        # Forced to our longest hypothesis of each batch (a random model would not stop there).
+        lengths = {id(b): int(o.lengths[:, 0].max()) for b, o in zip(batches, outs)}
+        extra = {"length_penalty": 0.6} if beam > 1 else {}
+
+        @torch.inference_mode()
+        def hf(batch: Batch) -> Tensor:
+            n = lengths[id(batch)]
+            return marian.generate(
+                input_ids=batch.src,
+                attention_mask=padding_mask(batch.src).long(),
+                num_beams=beam,
+                do_sample=False,
+                max_new_tokens=n,
+                min_new_tokens=n,
+                use_cache=True,
+                **extra,
+            )
+
+        seconds, _ = timed(hf, batches)
+        add("Hugging Face Marian", seconds, None)
+    return rows
+
+
+def run(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)  # the same for every decoder
+    model, tokenizer = load_model_dir(args.model, "cpu")
+    src_path = Path(args.src) if args.src else next(p for p in DEFAULT_SRC if p.is_file())
+    lines = list(read_lines(src_path))[: args.limit]
+    ids = [s if s else [tokenizer.encode(".")[0]] for s in tokenizer.encode_batch(lines)]
+    batches = make_batches(ids, args.max_tokens)
+    marian = None if args.skip_marian else marian_like(model)
+    rows: list[Row] = []
+    for method, beam in (("greedy", 1), ("beam", args.beam)):
+        rows += bench_method(
+            model, marian, batches, len(lines), method, beam, not args.skip_uncached
+        )
+    hf_version = None
+    if marian is not None:
+        import transformers
+
+        hf_version = transformers.__version__
+    return {
+        "model": str(args.model),
+        "model_config": model.config.to_dict(),
+        "src": str(src_path),
+        "sentences": len(lines),
+        "batches": len(batches),
+        "max_tokens": args.max_tokens,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "transformers": hf_version,
+        "machine": platform.processor() or platform.machine(),
+        "rows": [asdict(r) for r in rows],
+    }
+
+
+def table(result: dict) -> str:
+    lines = [
+        "| decoding | decoder | seconds | sentences/s | target tokens/s | ours is faster by |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['method']} | {r['decoder']} | {r['seconds']:.1f} | {r['sentences_per_s']:.1f} "
+            f"| {r['tokens_per_s']:,.0f} | {r['speedup_of_ours']:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--model", required=True, help="a model directory (a trained model)")
+    parser.add_argument("--src", default=None, help="source sentences (default: test2016 de)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N sentences")
+    parser.add_argument("--beam", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=4096)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads, for every decoder")
+    parser.add_argument("--skip-uncached", action="store_true")
+    parser.add_argument("--skip-marian", action="store_true")
+    parser.add_argument(
+        "--json", default=str(ROOT / "benchmarks" / "results" / "decode_speed.json")
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    result = run(args)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(table(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""`transformer translate`: a Unix filter, one output line per input line.
+
+Lines are read as they arrive (a reader thread fills a queue; whatever is there, up to
+`--buffer` lines, is translated as one batch, written and flushed), so it works on a live pipe as
+well as on a file. An empty input line gives an empty output line. With `--nbest K` every input
+line gives K lines `I ||| HYPOTHESIS ||| SCORE ||| LOG_PROB` (I the 0-based input line index, SCORE
+the length-normalised ranking score, LOG_PROB the summed token log-probabilities, EOS included),
+best first. Inputs longer than a learned-position model can take are truncated with a warning on
+stderr naming the line; no line is ever dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, TextIO
+
+from transformer.config import ConfigError
+
+# ------------------------------------------------------------------ options shared with evaluate
+
+
+def add_decode_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model and the decoding options (shared by `translate` and `evaluate`)."""
+    parser.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="DIR",
+        help="model directory (config.json, model.safetensors, tokenizer.json); repeat it to "
+        "decode with an ensemble (log-probabilities averaged)",
+    )
+    g = parser.add_argument_group("decoding (defaults: the paper's beam 4, GNMT alpha 0.6, +50)")
+    method = g.add_mutually_exclusive_group()
+    method.add_argument("--greedy", action="store_true", help="greedy decoding")
+    method.add_argument("--sample", action="store_true", help="sampling (see --temperature...)")
+    g.add_argument("--beam", type=int, default=4, help="beam size (default 4)")
+    g.add_argument("--alpha", type=float, default=0.6, help="length penalty alpha (default 0.6)")
+    g.add_argument(
+        "--length-penalty",
+        choices=["gnmt", "power", "none"],
+        default="gnmt",
+        help="gnmt: ((5+|Y|)/6)^alpha (the paper's); power: |Y|^alpha (fairseq/HF); none",
+    )
+    g.add_argument("--nbest", type=int, default=1, help="hypotheses per input (<= beam)")
+    g.add_argument("--max-len-a", type=float, default=1.0, help="max length = a * source + b")
+    g.add_argument("--max-len-b", type=int, default=50, help="max length = a * source + b")
+    g.add_argument("--min-len", type=int, default=0, help="no EOS before this many tokens")
+    g.add_argument(
+        "--no-repeat-ngram", type=int, default=0, metavar="N", help="never repeat an N-gram"
+    )
+    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    g.add_argument("--top-k", type=int, default=0, help="sample from the k best tokens (0: all)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: all)")
+    g.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    g.add_argument(
+        "--max-tokens", type=int, default=4096, help="padded source tokens per batch (4096)"
+    )
+    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+
+
+def decode_options(args: argparse.Namespace) -> dict:
+    """Keyword options for `Translator.translate_nbest` from parsed arguments."""
+    method = "greedy" if args.greedy else "sample" if args.sample else "beam"
+    return dict(
+        method=method,
+        beam=args.beam,
+        alpha=args.alpha,
+        length_penalty=args.length_penalty,
+        nbest=args.nbest,
+        max_len_a=args.max_len_a,
+        max_len_b=args.max_len_b,
+        min_len=args.min_len,
+        no_repeat_ngram=args.no_repeat_ngram,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        max_tokens=args.max_tokens,
+    )
+
+
+def load_translator(args: argparse.Namespace):
+    """The Translator of `--model` (one or several), after setting `--threads`."""
+    import torch
+
+    from transformer.translator import Translator
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return Translator.from_pretrained(args.model, device=args.device)
+
+
+def one_line(text: str) -> str:
+    """A hypothesis on one output line (a generated line break would split it in two)."""
+    return text.replace("\r", " ").replace("\n", " ")
+
+
+# ---------------------------------------------------------------------------------- translate
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = __doc__.split("\n\n", 1)[1]
+    add_decode_arguments(parser)
+    parser.add_argument("--input", default="-", help="input file (plain or .gz), - = stdin")
+    parser.add_argument("--output", default="-", help="output file, - = stdout")
+    parser.add_argument(
+        "--buffer",
+        type=int,
+        default=256,
+        metavar="LINES",
+        help="translate at most this many waiting lines at once (default 256)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from transformer.data.errors import DataError
+    from transformer.data.textfiles import open_binary
+    from transformer.modeldir import ModelDirError
+
+    try:
+        options = decode_options(args)
+        from transformer.translator import DecodeOptions
+
+        DecodeOptions.from_kwargs(options)  # report bad options before loading anything
+        translator = load_translator(args)
+        source: BinaryIO = sys.stdin.buffer if args.input == "-" else open_binary(Path(args.input))
+    except (ConfigError, ModelDirError, DataError) as e:
+        print(f"transformer translate: {e}", file=sys.stderr)
+        return 2
+    out: TextIO = (
+        sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")  # noqa: SIM115
+    )
+    progress = _progress()
+    try:
+        for lines in _batches(source, max(1, args.buffer)):
+            _translate_lines(translator, lines, options, out)
+            if progress is not None:
+                progress.update(len(lines))
+    except BrokenPipeError:  # the reader went away (e.g. `| head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if progress is not None:
+            progress.close()
+        if out is not sys.stdout:
+            out.close()
+    return 0
+
+
+def _translate_lines(translator, lines: list[tuple[int, str]], options: dict, out: TextIO) -> None:
+    """Translate one batch of (line number, text) and write its lines, then flush."""
+    results = translator.translate_nbest([text for _, text in lines], **options)
+    chunks = []
+    for (lineno, _), result in zip(lines, results):
+        if result.truncated:
+            print(
+                f"transformer translate: line {lineno}: longer than the model's "
+                f"{translator.max_positions} positions; translated its first "
+                f"{translator.max_source_subwords} subwords only",
+                file=sys.stderr,
+            )
+        if options["nbest"] > 1:
+            for h in result.hypotheses:
+                chunks.append(
+                    f"{lineno - 1} ||| {one_line(h.text)} ||| {h.score:.4f} ||| {h.log_prob:.4f}\n"
+                )
+        else:
+            chunks.append(one_line(result.text) + "\n")
+    out.write("".join(chunks))
+    out.flush()
+
+
+_END = object()
+
+
+def _batches(stream: BinaryIO, size: int) -> Iterator[list[tuple[int, str]]]:
+    """Batches of (1-based line number, text): all lines waiting (at most `size`), never waiting
+    for more than the first, so each line is translated as soon as it has arrived."""
+    lines: queue.Queue = queue.Queue(maxsize=4 * size)
+
+    def read() -> None:
+        try:
+            for lineno, raw in enumerate(stream, start=1):
+                lines.put((lineno, _decode_line(raw, lineno)))
+        except BaseException as e:  # handed to the main thread
+            lines.put(e)
+        lines.put(_END)
+
+    threading.Thread(target=read, name="translate-reader", daemon=True).start()
+    done = False
+    while not done:
+        item = lines.get()
+        batch = []
+        while True:
+            if item is _END:
+                done = True
+                break
+            if isinstance(item, BaseException):
+                raise item
+            batch.append(item)
+            if len(batch) >= size:
+                break
+            try:
+                item = lines.get_nowait()
+            except queue.Empty:
+                break
+        if batch:
+            yield batch
+
+
+def _decode_line(raw: bytes, lineno: int) -> str:
+    """A line without its LF / CRLF; invalid UTF-8 is replaced (with a warning), never dropped."""
+    if raw.endswith(b"\n"):
+        raw = raw[:-1]
+    if raw.endswith(b"\r"):
+        raw = raw[:-1]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        print(
+            f"transformer translate: line {lineno}: invalid UTF-8, undecodable bytes replaced "
+            "by U+FFFD",
+            file=sys.stderr,
+        )
+        text = raw.decode("utf-8", errors="replace")
+    return text[1:] if lineno == 1 and text.startswith("\ufeff") else text  # drop a BOM
+
+
+def _progress():
+    """A tqdm bar on stderr when it is a terminal, else None."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(unit=" lines", file=sys.stderr)

@@ -1,0 +1,331 @@
+"""The Translator facade: text in, text out. The one entry point of the CLI and the server.
+
+    translator = Translator.from_pretrained("work/model", device="cpu")
+    translator.translate(["Ein Hund läuft."])                     # beam 4, GNMT alpha 0.6
+    translator.translate(texts, method="greedy")
+    best = translator.translate_nbest(texts, nbest=4, attention=True)
+
+Several model directories (sharing one tokenizer) form an ensemble: their next-token
+log-probabilities are averaged at every step.
+
+Lengths. The source fed to the encoder is its subwords + EOS. A hypothesis holds at most
+`max_len_a * |source subwords| + max_len_b` tokens before its EOS (the paper's input + 50). With
+learned positional embeddings (`positional: learned`), a model cannot take more than
+`max_positions` positions: longer sources are cut to `max_positions - 1` subwords (the
+`Translation.truncated` flag is set and `translate` warns) and hypotheses to `max_positions - 1`
+tokens. Sinusoidal models take any length. An empty (or all-whitespace) input gives empty
+hypotheses without running the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from transformer.config import ConfigError
+from transformer.data.tokenizer import SubwordTokenizer
+from transformer.decoding.batching import length_batches
+from transformer.decoding.generate import SearchSettings, generate, max_output_lengths
+from transformer.decoding.search import LENGTH_PENALTIES
+from transformer.model import Transformer
+from transformer.modeldir import ModelDirError, load_model_dir
+from transformer.vocab import BOS_ID, EOS_ID, PAD_ID
+
+METHODS = ("beam", "greedy", "sample")
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How to decode; the defaults are the paper's (beam 4, GNMT alpha 0.6, input + 50).
+
+    method: "beam", "greedy" or "sample". nbest: hypotheses returned per input (<= beam; for
+    sampling, the number of samples). length_penalty: "gnmt" ((5+|Y|)/6)^alpha, "power" |Y|^alpha
+    or "none". max_tokens / max_sentences: batch budget in padded source tokens / sentences.
+    use_cache=False recomputes the decoder over the whole prefix at every step (for comparison).
+    """
+
+    method: str = "beam"
+    beam: int = 4
+    alpha: float = 0.6
+    length_penalty: str = "gnmt"
+    max_len_a: float = 1.0
+    max_len_b: int = 50
+    min_len: int = 0
+    no_repeat_ngram: int = 0
+    nbest: int = 1
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    max_tokens: int = 4096
+    max_sentences: int = 256
+    use_cache: bool = True
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.method not in METHODS:
+            problems.append(f"method: must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.length_penalty not in LENGTH_PENALTIES:
+            problems.append(
+                f"length_penalty: must be one of {', '.join(LENGTH_PENALTIES)}, "
+                f"got {self.length_penalty!r}"
+            )
+        for name in ("beam", "nbest", "max_tokens", "max_sentences"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}: must be at least 1, got {getattr(self, name)}")
+        for name in ("min_len", "no_repeat_ngram", "top_k", "max_len_b"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if self.method == "beam" and self.nbest > self.beam:
+            problems.append(
+                f"nbest: must be <= beam ({self.beam}) for beam search, got {self.nbest}"
+            )
+        if self.max_len_a < 0:
+            problems.append(f"max_len_a: must be >= 0, got {self.max_len_a}")
+        if not self.temperature > 0:
+            problems.append(f"temperature: must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"top_p: must be in (0, 1], got {self.top_p}")
+        if problems:
+            raise ConfigError("decoding options", problems)
+
+    @classmethod
+    def from_kwargs(cls, options: dict) -> DecodeOptions:
+        """Build from keyword options, naming any unknown one."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigError(
+                "decoding options",
+                [f"{name}: unknown option (known: {', '.join(sorted(known))})" for name in unknown],
+            )
+        return cls(**options)
+
+    def settings(self) -> SearchSettings:
+        return SearchSettings(
+            method=self.method,
+            beam=self.beam,
+            alpha=self.alpha,
+            length_penalty=self.length_penalty,
+            nbest=1 if self.method == "greedy" else self.nbest,
+            min_len=self.min_len,
+            no_repeat_ngram=self.no_repeat_ngram,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            seed=self.seed,
+            use_cache=self.use_cache,
+        )
+
+
+@dataclass
+class Hypothesis:
+    """One output. `tokens`: subword ids without the EOS. `log_prob`: the sum of the token
+    log-probabilities, EOS included. `score`: log_prob / lp(|Y|) with |Y| = len(tokens) + 1,
+    the score hypotheses are ranked by (equal to log_prob with length_penalty "none")."""
+
+    text: str
+    tokens: list[int]
+    log_prob: float
+    score: float
+
+
+@dataclass
+class Translation:
+    """The hypotheses of one input, best first, and (on request) the best one's attention.
+
+    attention: cross-attention weights (layers, heads, |Y|, S) of the best hypothesis, from a
+    teacher-forced pass of the first model: row i is the attention while predicting token i + 1
+    (the last row predicts EOS); columns are `source_tokens` (source subwords + EOS).
+    """
+
+    source: str
+    hypotheses: list[Hypothesis]
+    truncated: bool = False
+    attention: Tensor | None = None
+    source_tokens: list[str] | None = None
+    target_tokens: list[str] | None = None
+
+    @property
+    def text(self) -> str:
+        return self.hypotheses[0].text
+
+
+class Translator:
+    """Translate text with one model or an ensemble sharing one tokenizer."""
+
+    def __init__(
+        self,
+        models: Sequence[Transformer],
+        tokenizer: SubwordTokenizer,
+        device: torch.device | str = "cpu",
+    ):
+        if not models:
+            raise ValueError("a Translator needs at least one model")
+        for i, model in enumerate(models):
+            if model.config.vocab_size != tokenizer.vocab_size:
+                raise ModelDirError(
+                    f"model {i} has vocab_size {model.config.vocab_size} but the tokenizer has "
+                    f"{tokenizer.vocab_size} tokens; the tokenizer does not belong to this model"
+                )
+        self.models = [m.eval() for m in models]
+        self.tokenizer = tokenizer
+        self.device = torch.device(device)
+        limits = [m.config.max_positions for m in models if m.config.positional == "learned"]
+        self.max_positions: int | None = min(limits) if limits else None
+
+    @classmethod
+    def from_pretrained(
+        cls, model_dir: Path | str | Sequence[Path | str], device: torch.device | str = "cpu"
+    ) -> Translator:
+        """Load a model directory, or several as an ensemble (they must share the tokenizer).
+
+        Raises ModelDirError with a clear message for a missing or corrupt file or a tokenizer that
+        does not match the model's vocabulary.
+        """
+        dirs = [model_dir] if isinstance(model_dir, str | Path) else list(model_dir)
+        if not dirs:
+            raise ModelDirError("no model directory given")
+        models, tokenizer = [], None
+        for d in dirs:
+            model, tok = load_model_dir(d, device)
+            if tokenizer is not None and tok.sha256 != tokenizer.sha256:
+                raise ModelDirError(
+                    f"{d}: its tokenizer differs from that of {dirs[0]}; an ensemble needs models "
+                    "trained with the same tokenizer"
+                )
+            models.append(model)
+            tokenizer = tokenizer or tok
+        assert tokenizer is not None
+        return cls(models, tokenizer, device)
+
+    # ------------------------------------------------------------------------------------ API
+
+    def translate(self, texts: Sequence[str], **options) -> list[str]:
+        """The best translation of each text, in input order. Options: see `DecodeOptions`."""
+        results = self.translate_nbest(texts, **options)
+        for i, r in enumerate(results):
+            if r.truncated:
+                warnings.warn(
+                    f"input {i}: longer than the model's {self.max_positions} positions; "
+                    f"translated its first {self.max_source_subwords} subwords only",
+                    stacklevel=2,
+                )
+        return [r.text for r in results]
+
+    def translate_nbest(
+        self,
+        texts: Sequence[str],
+        *,
+        attention: bool = False,
+        progress: Callable[[int], None] | None = None,
+        **options,
+    ) -> list[Translation]:
+        """n-best hypotheses with scores (and optionally attention) per text, in input order.
+
+        `progress(n)` is called after each batch with the number of inputs it held.
+        """
+        opts = DecodeOptions.from_kwargs(options)
+        settings = opts.settings()
+        n_hyps = settings.nbest
+        ids = self.tokenizer.encode_batch([str(t) for t in texts])
+        truncated = [False] * len(texts)
+        cap = self.max_source_subwords
+        if cap is not None:
+            for i, seq in enumerate(ids):
+                if len(seq) > cap:
+                    ids[i], truncated[i] = seq[:cap], True
+        results: list[Translation | None] = [None] * len(texts)
+        todo = []
+        for i, text in enumerate(texts):
+            if str(text).strip() and ids[i]:
+                todo.append(i)
+            else:
+                empty = [Hypothesis("", [], 0.0, 0.0) for _ in range(n_hyps)]
+                results[i] = Translation(str(text), empty, truncated[i])
+        if progress is not None and len(todo) < len(texts):
+            progress(len(texts) - len(todo))
+        lengths = [len(ids[i]) + 1 for i in todo]
+        for batch in length_batches(lengths, opts.max_tokens, opts.max_sentences):
+            indices = [todo[j] for j in batch]
+            translations = self._translate_batch(
+                [ids[i] for i in indices], opts, settings, attention
+            )
+            for i, tr in zip(indices, translations):
+                tr.source, tr.truncated = str(texts[i]), truncated[i]
+                results[i] = tr
+            if progress is not None:
+                progress(len(indices))
+        return results  # type: ignore[return-value]
+
+    @property
+    def max_source_subwords(self) -> int | None:
+        """The most source subwords a model can take (None: unlimited, sinusoidal positions)."""
+        return None if self.max_positions is None else self.max_positions - 1
+
+    # ------------------------------------------------------------------------------- batches
+
+    def _translate_batch(
+        self,
+        batch: list[list[int]],
+        opts: DecodeOptions,
+        settings: SearchSettings,
+        attention: bool,
+    ) -> list[Translation]:
+        src = _pad([[*seq, EOS_ID] for seq in batch], self.device)  # (N, S)
+        src_lengths = torch.tensor([len(seq) for seq in batch])
+        cap = None if self.max_positions is None else self.max_positions - 1
+        max_len = max_output_lengths(src_lengths, opts.max_len_a, opts.max_len_b, cap)
+        out = generate(self.models, src, max_len.to(self.device), settings)
+        tokens = out.tokens.cpu().tolist()
+        lengths = out.lengths.cpu().tolist()
+        log_prob, score = out.log_prob.cpu().tolist(), out.score.cpu().tolist()
+        hyp_ids = [
+            [tokens[i][j][: lengths[i][j] - 1] for j in range(len(lengths[i]))]
+            for i in range(len(batch))
+        ]
+        texts = self.tokenizer.decode_batch([h for hyps in hyp_ids for h in hyps])
+        f = len(lengths[0]) if lengths else 0
+        results = []
+        for i in range(len(batch)):
+            hyps = [
+                Hypothesis(texts[i * f + j], hyp_ids[i][j], log_prob[i][j], score[i][j])
+                for j in range(f)
+            ]
+            results.append(Translation("", hyps))
+        if attention:
+            self._attach_attention(src, results)
+        return results
+
+    @torch.inference_mode()
+    def _attach_attention(self, src: Tensor, results: list[Translation]) -> None:
+        """Cross-attention of each best hypothesis, by one teacher-forced pass of the first model."""
+        best = [r.hypotheses[0].tokens for r in results]
+        tgt_in = _pad([[BOS_ID, *hyp] for hyp in best], self.device)  # (N, |Y|)
+        record = self.models[0].attention_weights(src, tgt_in)
+        cross = torch.stack(record.cross, dim=1).float().cpu()  # (N, layers, H, T, S)
+        src_ids = src.cpu().tolist()
+        for i, r in enumerate(results):
+            s = sum(1 for t in src_ids[i] if t != PAD_ID)
+            t = len(best[i]) + 1
+            r.attention = cross[i, :, :, :t, :s].clone()  # (layers, H, |Y|, S)
+            r.source_tokens = [self._token(x) for x in src_ids[i][:s]]
+            r.target_tokens = [self._token(x) for x in [*best[i], EOS_ID]]
+
+    def _token(self, token_id: int) -> str:
+        return self.tokenizer.id_to_token(token_id) or f"<{token_id}>"
+
+
+def _pad(seqs: list[list[int]], device: torch.device) -> Tensor:
+    """Right-pad id lists with PAD into a (N, max length) tensor."""
+    width = max(len(s) for s in seqs)
+    out = torch.full((len(seqs), width), PAD_ID, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return out.to(device)

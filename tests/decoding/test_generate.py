@@ -1,0 +1,111 @@
+"""The batched, cached decoding loop on a trained tiny model: equivalences of token sequences."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.decoding.conftest import copy_batch
+from transformer.decoding import SearchSettings, generate
+from transformer.model import padding_mask
+from transformer.vocab import PAD_ID
+
+
+@pytest.fixture(scope="module")
+def sources():
+    """12 sources of 1..8 tokens (+ EOS), padded, with per-sentence max lengths."""
+    src, _, _, lengths = copy_batch(12, torch.Generator().manual_seed(5))
+    return src, lengths + 5
+
+
+def best(out, i: int, j: int = 0) -> list[int]:
+    return out.tokens[i, j, : out.lengths[i, j]].tolist()
+
+
+def test_the_fixture_model_copies(copy_model, sources):
+    src, max_len = sources
+    out = generate([copy_model], src, max_len, SearchSettings(method="greedy"))
+    copied = sum(best(out, i) == [t for t in src[i].tolist() if t != PAD_ID] for i in range(12))
+    assert copied >= 10, f"only {copied} of 12 copied: the fixture model is not trained"
+
+
+def test_beam_1_equals_greedy_tokens_and_scores(copy_model, sources):
+    """Without a length penalty beam 1 is greedy. (With one, beam 1 may go on past greedy's EOS
+    when a longer hypothesis could still score better, which greedy never does.)"""
+    src, max_len = sources
+    settings = dict(length_penalty="none")
+    greedy = generate([copy_model], src, max_len, SearchSettings(method="greedy", **settings))
+    beam = generate([copy_model], src, max_len, SearchSettings(method="beam", beam=1, **settings))
+    assert torch.equal(greedy.tokens, beam.tokens)
+    assert torch.equal(greedy.lengths, beam.lengths)
+    torch.testing.assert_close(greedy.log_prob, beam.log_prob, rtol=0, atol=1e-5)
+    torch.testing.assert_close(greedy.score, beam.score, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("method,beam", [("greedy", 1), ("beam", 4)])
+def test_batched_equals_one_sentence_at_a_time(copy_model, sources, method, beam):
+    src, max_len = sources
+    settings = SearchSettings(method=method, beam=beam, nbest=beam)
+    batched = generate([copy_model], src, max_len, settings)
+    for i in range(src.size(0)):
+        alone = src[i : i + 1, : int(padding_mask(src[i]).sum())]  # no padding at all
+        single = generate([copy_model], alone, max_len[i : i + 1], settings)
+        for j in range(batched.tokens.size(1)):
+            assert best(batched, i, j) == best(single, 0, j), (i, j)
+        torch.testing.assert_close(batched.score[i], single.score[0], rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("method,beam", [("greedy", 1), ("beam", 4)])
+def test_cached_equals_uncached(copy_model, sources, method, beam):
+    src, max_len = sources
+    cached = generate([copy_model], src, max_len, SearchSettings(method=method, beam=beam))
+    uncached = generate(
+        [copy_model], src, max_len, SearchSettings(method=method, beam=beam, use_cache=False)
+    )
+    assert torch.equal(cached.tokens, uncached.tokens)
+    torch.testing.assert_close(cached.score, uncached.score, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "sample"])
+def test_ensemble_of_one_model_equals_the_model(copy_model, sources, method):
+    src, max_len = sources
+    settings = SearchSettings(method=method, seed=3, nbest=2 if method != "greedy" else 1)
+    alone = generate([copy_model], src, max_len, settings)
+    for models in ([copy_model], [copy_model, copy_model]):
+        ensemble = generate(models, src, max_len, settings)
+        assert torch.equal(alone.tokens, ensemble.tokens)
+        torch.testing.assert_close(alone.score, ensemble.score, rtol=0, atol=1e-6)
+
+
+def test_encoder_and_cross_attention_run_once(copy_model, sources, monkeypatch):
+    """The source is encoded once and each decoder layer projects its cross-attention keys and
+    values once (at the first step), however many steps and beam reorderings follow."""
+    src, max_len = sources
+    calls = {"encode": 0, "kv": 0}
+    encode = copy_model.encode
+
+    def counting_encode(*args, **kwargs):
+        calls["encode"] += 1
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(copy_model, "encode", counting_encode)
+    for layer in copy_model.decoder.layers:
+        project_kv = layer.cross_attn.project_kv
+
+        def counting_kv(memory, _inner=project_kv):
+            calls["kv"] += 1
+            return _inner(memory)
+
+        monkeypatch.setattr(layer.cross_attn, "project_kv", counting_kv)
+    out = generate([copy_model], src, max_len, SearchSettings(beam=4))
+    assert out.steps > 3
+    assert calls == {"encode": 1, "kv": len(copy_model.decoder.layers)}
+
+
+def test_sampling_is_reproducible_with_a_seed(copy_model, sources):
+    src, max_len = sources
+    settings = SearchSettings(method="sample", temperature=1.5, top_p=0.9, seed=42, nbest=3)
+    first = generate([copy_model], src, max_len, settings)
+    again = generate([copy_model], src, max_len, settings)
+    assert torch.equal(first.tokens, again.tokens)
+    assert torch.all(first.score[:, :-1] >= first.score[:, 1:])

@@ -1,0 +1,76 @@
+"""The training YAML: every key known, every problem reported at once, resume-safe changes only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.training.conftest import REPO, micro_config, write_config
+from transformer.config import ConfigError
+from transformer.training.cli import prepare_run_dir
+from transformer.training.config import load_config, parse_config
+
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+
+
+def test_the_shipped_configs_are_valid_and_fully_commented() -> None:
+    assert {p.stem for p in CONFIGS} >= {"tiny", "multi30k", "base", "big"}
+    for path in CONFIGS:
+        load_config(path)
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.startswith("  ") and ":" in line and not line.lstrip().startswith("#"):
+                assert "#" in line, f"{path.name}: key without a comment: {line.strip()}"
+
+
+def test_paper_configs_have_the_papers_numbers() -> None:
+    base = yaml.safe_load((REPO / "configs" / "base.yaml").read_text())
+    big = yaml.safe_load((REPO / "configs" / "big.yaml").read_text())
+    assert base["model"]["d_model"] == 512 and base["model"]["n_heads"] == 8
+    assert big["model"]["d_model"] == 1024 and big["model"]["n_heads"] == 16
+    assert big["model"]["d_ff"] == 4096 and big["model"]["dropout"] == 0.3
+    for config in (base, big):
+        assert config["optim"]["warmup"] == 4000
+        assert (config["optim"]["beta1"], config["optim"]["beta2"]) == (0.9, 0.98)
+        assert config["optim"]["eps"] == 1e-9 and config["optim"]["label_smoothing"] == 0.1
+
+
+def test_every_unknown_key_and_wrong_type_is_reported_at_once(tmp_path: Path) -> None:
+    config = micro_config(tmp_path)
+    config["train"]["max_updatez"] = 5
+    config["optim"]["warmup"] = "soon"
+    config["model"]["d_modle"] = 64
+    config["extra"] = {}
+    with pytest.raises(ConfigError) as e:
+        parse_config(config, where="x.yaml")
+    text = str(e.value)
+    for expected in (
+        "train.max_updatez",
+        "optim.warmup",
+        "model.d_modle",
+        "extra: unknown section",
+    ):
+        assert expected in text
+    assert "4 problem(s)" in text
+
+
+def test_set_overrides_are_typed_and_checked(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "c.yaml", micro_config(tmp_path))
+    config = load_config(path, ["train.max_updates=7", "train.precision=bf16", "optim.clip_norm=1"])
+    assert config.train.max_updates == 7 and config.train.precision == "bf16"
+    assert config.optim.clip_norm == 1.0
+    with pytest.raises(ConfigError, match=r"train\.bogus: unknown field"):
+        load_config(path, ["train.bogus=1"])
+    with pytest.raises(ConfigError, match=r"expected section\.key=value"):
+        load_config(path, ["max_updates=3"])
+
+
+def test_a_run_directory_refuses_a_changed_recipe_but_accepts_a_longer_run(tmp_path: Path) -> None:
+    first = parse_config(micro_config(tmp_path), where="a")
+    prepare_run_dir(first, tmp_path / "run")
+    longer = parse_config(micro_config(tmp_path, train={"max_updates": 99}), where="b")
+    prepare_run_dir(longer, tmp_path / "run")  # allowed: extends the run
+    other = parse_config(micro_config(tmp_path, optim={"warmup": 99}), where="c")
+    with pytest.raises(ConfigError, match=r"optim.warmup: 10 -> 99"):
+        prepare_run_dir(other, tmp_path / "run")

@@ -1,0 +1,74 @@
+"""Label smoothing against torch's own implementation; the schedule against the paper's formula."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.conftest import B, T, V
+from transformer.training.loss import label_smoothed_nll_loss
+from transformer.training.schedule import noam_learning_rate
+from transformer.vocab import PAD_ID
+
+
+def _logits_and_targets() -> tuple[torch.Tensor, torch.Tensor]:
+    logits = torch.randn(B, T, V, dtype=torch.float64) * 3
+    target = torch.randint(4, V, (B, T))
+    target[0, 3:] = PAD_ID  # padded positions must not count
+    target[2, 1:] = PAD_ID
+    return logits, target
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 0.1, 0.3])
+def test_loss_equals_torch_cross_entropy_with_label_smoothing(epsilon: float) -> None:
+    logits, target = _logits_and_targets()
+    loss, nll = label_smoothed_nll_loss(logits, target, epsilon)
+    n = int((target != PAD_ID).sum())
+    flat = logits.view(-1, V)
+    expected = F.cross_entropy(
+        flat.float(), target.view(-1), label_smoothing=epsilon, ignore_index=PAD_ID, reduction="sum"
+    )
+    expected_nll = F.cross_entropy(
+        flat.float(), target.view(-1), ignore_index=PAD_ID, reduction="sum"
+    )
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(nll, expected_nll, rtol=1e-6, atol=1e-5)
+    assert n == 15 - 2 - 4  # the sums cover exactly the non-padding tokens
+
+
+def test_loss_ignores_the_logits_of_padding_positions() -> None:
+    logits, target = _logits_and_targets()
+    changed = logits.clone()
+    changed[0, 3:] = 1e4  # garbage where the target is padding
+    assert torch.equal(
+        torch.stack(label_smoothed_nll_loss(logits, target, 0.1)),
+        torch.stack(label_smoothed_nll_loss(changed, target, 0.1)),
+    )
+
+
+def test_bf16_logits_give_a_float32_loss() -> None:
+    logits, target = _logits_and_targets()
+    loss, _ = label_smoothed_nll_loss(logits.bfloat16(), target, 0.1)
+    assert loss.dtype == torch.float32
+
+
+def test_schedule_equals_the_paper_formula() -> None:
+    d, warmup = 512, 4000
+    assert noam_learning_rate(1, d, warmup) == pytest.approx(512**-0.5 * 1 * 4000**-1.5, rel=1e-12)
+    assert noam_learning_rate(warmup, d, warmup) == pytest.approx(512**-0.5 * 4000**-0.5, rel=1e-12)
+    assert noam_learning_rate(10 * warmup, d, warmup) == pytest.approx(
+        512**-0.5 * 40000**-0.5, rel=1e-12
+    )
+    assert noam_learning_rate(warmup, d, warmup, factor=2.0) == pytest.approx(
+        2 * 512**-0.5 * 4000**-0.5, rel=1e-12
+    )
+    # the peak is at the end of warmup
+    peak = noam_learning_rate(warmup, d, warmup)
+    assert noam_learning_rate(warmup - 1, d, warmup) < peak
+    assert noam_learning_rate(warmup + 1, d, warmup) < peak
+
+
+def test_schedule_counts_updates_from_one() -> None:
+    with pytest.raises(ValueError, match="from 1"):
+        noam_learning_rate(0, 512, 4000)

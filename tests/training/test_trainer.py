@@ -1,0 +1,127 @@
+"""The trainer in-process: accumulation equals the big batch, the schedule steps per update,
+damaged checkpoints are skipped, divergence stops cleanly, finished runs say so."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.training.conftest import run_config
+from transformer.data.batching import collate
+from transformer.training import trainer as trainer_module
+from transformer.training.checkpoint import latest_checkpoint, list_checkpoints
+from transformer.training.schedule import noam_learning_rate
+from transformer.training.trainer import Trainer, TrainingError
+
+
+def _no_dropout(data: Path, **train: object) -> Trainer:
+    return Trainer(
+        run_config(data, model={"dropout": 0.0}, train=train),
+        data.parent / f"run-{torch.randint(0, 10**9, ()).item()}",
+        log=lambda message: None,
+    )
+
+
+def _grads(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in trainer.model.named_parameters()}
+
+
+def test_update_freq_2_gives_the_gradient_of_the_doubled_batch(small_data: Path) -> None:
+    accumulating = _no_dropout(small_data)
+    big_batch = _no_dropout(small_data)
+    batches = accumulating.sampler.all_batches(epoch=0)[:2]
+    pairs = [[accumulating.train_data[i] for i in b.tolist()] for b in batches]
+    accumulating.forward_backward([collate(pairs[0]), collate(pairs[1])])
+    big_batch.forward_backward([collate(pairs[0] + pairs[1])])
+    a, b = _grads(accumulating), _grads(big_batch)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5, msg=name)
+    # and not merely because gradients are tiny: one batch alone differs
+    alone = _no_dropout(small_data)
+    alone.forward_backward([collate(pairs[0])])
+    assert any(not torch.allclose(g, a[n], atol=1e-6) for n, g in _grads(alone).items())
+
+
+def test_the_schedule_advances_once_per_update_not_per_batch(small_data: Path) -> None:
+    trainer = Trainer(
+        run_config(small_data, optim={"update_freq": 2}, train={"max_updates": 5, "save_every": 0}),
+        small_data.parent / "run-update-freq",
+        log=lambda message: None,
+    )
+    trainer.train()
+    assert trainer.step == 5
+    assert trainer.batches_done == 10  # two batches per update
+    lr = trainer.optimizer.param_groups[0]["lr"]
+    assert lr == pytest.approx(noam_learning_rate(5, 32, 10))
+
+
+def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(
+    small_data: Path, tmp_path: Path
+) -> None:
+    config = run_config(small_data, train={"max_updates": 8, "save_every": 4})
+    Trainer(config, tmp_path, log=lambda m: None).train()
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [4, 8]
+    weights = tmp_path / "checkpoints" / "step_00000008" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    warnings: list[str] = []
+    path, state = latest_checkpoint(tmp_path, warn=warnings.append)
+    assert path.name == "step_00000004" and state["step"] == 4
+    assert "update 8" in warnings[0] and "checksum mismatch" in warnings[0]
+    # a resumed trainer continues from update 4 and warns
+    messages: list[str] = []
+    resumed = Trainer(config, tmp_path, log=messages.append)
+    resumed.train()
+    assert any("skipping damaged checkpoint" in m for m in messages)
+    assert any("resuming from" in m and "step_00000004" in m for m in messages)
+    assert resumed.step == 8
+
+
+def test_a_finished_run_says_so(small_data: Path, tmp_path: Path) -> None:
+    config = run_config(small_data, train={"max_updates": 3})
+    Trainer(config, tmp_path, log=lambda m: None).train()
+    messages: list[str] = []
+    Trainer(config, tmp_path, log=messages.append).train()
+    assert any("nothing to do" in m and "max_updates = 3" in m for m in messages)
+
+
+def test_ten_non_finite_losses_in_a_row_stop_training_with_the_checkpoint_intact(
+    small_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = trainer_module.label_smoothed_nll_loss
+    calls = {"n": 0}
+
+    def poisoned(logits, target, epsilon):
+        calls["n"] += 1
+        loss, nll = real(logits, target, epsilon)
+        return (loss * float("nan"), nll) if calls["n"] > 4 else (loss, nll)
+
+    monkeypatch.setattr(trainer_module, "label_smoothed_nll_loss", poisoned)
+    config = run_config(small_data, train={"max_updates": 50, "save_every": 4})
+    messages: list[str] = []
+    trainer = Trainer(config, tmp_path, log=messages.append)
+    with pytest.raises(TrainingError, match="10 non-finite losses in a row") as e:
+        trainer.train()
+    assert "last good checkpoint (update 4)" in str(e.value)
+    assert trainer.step == 4  # skipped updates changed nothing
+    assert sum("non-finite loss" in m for m in messages) == 10
+    assert latest_checkpoint(tmp_path)[1]["step"] == 4
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r["kind"] == "nonfinite" for r in rows) == 10
+
+
+def test_validation_keeps_the_best_model_and_logs_bleu(small_data: Path, tmp_path: Path) -> None:
+    config = run_config(
+        small_data,
+        train={"max_updates": 6, "valid_every": 3, "valid_bleu": True, "best_metric": "loss"},
+    )
+    Trainer(config, tmp_path, log=lambda m: None).train()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    valid = [r for r in rows if r["kind"] == "valid"]
+    assert [r["step"] for r in valid] == [3, 6]
+    assert all({"loss", "ppl", "bleu", "best"} <= r.keys() for r in valid)
+    assert valid[1]["loss"] < valid[0]["loss"]
+    assert (tmp_path / "best" / "model.safetensors").is_file()
