@@ -125,3 +125,39 @@ def test_validation_keeps_the_best_model_and_logs_bleu(small_data: Path, tmp_pat
     assert all({"loss", "ppl", "bleu", "best"} <= r.keys() for r in valid)
     assert valid[1]["loss"] < valid[0]["loss"]
     assert (tmp_path / "best" / "model.safetensors").is_file()
+
+
+def test_early_stopping_after_patience_validations_without_improvement(
+    small_data: Path, tmp_path: Path
+) -> None:
+    config = run_config(
+        small_data,
+        optim={"lr_factor": 1e-6},  # nothing is learnt: BLEU cannot improve
+        train={
+            "max_updates": 100,
+            "valid_every": 2,
+            "valid_bleu": True,
+            "valid_bleu_sentences": 5,
+            "best_metric": "bleu",
+            "patience": 2,
+        },
+    )
+    messages: list[str] = []
+    trainer = Trainer(config, tmp_path, log=messages.append)
+    trainer.train()
+    assert trainer.step == 6  # best at update 2, then 2 validations without improvement
+    assert any("early stopping" in m and "valid bleu in 2 validations" in m for m in messages)
+
+
+def test_bf16_autocast_trains_on_cpu(small_data: Path, tmp_path: Path) -> None:
+    config = run_config(small_data, train={"max_updates": 3, "precision": "bf16"})
+    trainer = Trainer(config, tmp_path, log=lambda m: None)
+    trainer.train()
+    assert trainer.step == 3
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # fp32 master weights
+
+
+def test_fp16_on_cpu_is_refused_with_a_hint(small_data: Path, tmp_path: Path) -> None:
+    config = run_config(small_data, train={"precision": "fp16", "device": "cpu"})
+    with pytest.raises(TrainingError, match="use bf16 on CPU"):
+        Trainer(config, tmp_path, log=lambda m: None)

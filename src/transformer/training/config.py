@@ -107,8 +107,10 @@ class TrainConfig:
     compile: bool = False
     # Validate every N updates (and at the end); 0 = only at the end.
     valid_every: int = 1000
-    # Compute validation BLEU (greedy decoding) besides loss and perplexity.
+    # Compute validation BLEU besides loss and perplexity ...
     valid_bleu: bool = True
+    # ... decoding with this beam size (GNMT length penalty, alpha 0.6); 1 = greedy (cheaper).
+    valid_beam: int = 4
     # Decode at most this many validation sentences for BLEU (0 = all).
     valid_bleu_sentences: int = 0
     # Keep the best model (by this metric) in RUN_DIR/best/.
@@ -129,7 +131,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("max_updates", "keep_last", "log_every"):
+        for name in ("max_updates", "keep_last", "log_every", "valid_beam"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}: must be >= 1, got {getattr(self, name)}")
         for name in (
@@ -183,6 +185,7 @@ RESUMABLE_CHANGES = {
     "train.valid_every",
     "train.valid_bleu",
     "train.valid_bleu_sentences",
+    "train.valid_beam",
     "train.save_every",
     "train.save_every_minutes",
     "train.keep_last",

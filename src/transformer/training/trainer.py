@@ -232,6 +232,7 @@ class Trainer:
         self.best: float | None = None
         self.bad_validations = 0
         self.last_valid_step = -1
+        self.best_metric_name = config.train.best_metric
         self.last_save_step = -1
         self.nonfinite_in_a_row = 0
         self.stop_reason: str | None = None
@@ -469,6 +470,7 @@ class Trainer:
                 max_tokens=self.config.data.valid_max_tokens,
                 label_smoothing=self.config.optim.label_smoothing,
                 max_sentences=t.valid_bleu_sentences,
+                beam=t.valid_beam,
                 autocast=self.autocast,
             )
         if self.dist.enabled:
@@ -478,7 +480,9 @@ class Trainer:
         self.last_valid_step = self.step
         if not result:
             return result
-        metric = "bleu" if t.best_metric == "bleu" and "bleu" in result else "loss"
+        metric = self.best_metric_name = (
+            "bleu" if t.best_metric == "bleu" and "bleu" in result else "loss"
+        )
         value = result[metric]
         improved = self.best is None or (
             value > self.best if metric == "bleu" else value < self.best
@@ -620,8 +624,8 @@ class Trainer:
             f"{self.stop_reason} at update {self.step} (epoch {self.epoch + 1}, "
             f"{self.train_seconds / 60:.1f} min of training)"
             + (
-                f"; best valid {self.config.train.best_metric}: {self.best:.4g}"
-                if self.best
+                f"; best valid {self.best_metric_name}: {self.best:.4g}"
+                if self.best is not None
                 else ""
             )
             + ("; re-run the same command to resume" if self._signal is not None else "")
