@@ -49,7 +49,7 @@ PANELS = {  # file name -> (title, y label, [(kind, key, label)], log scale)
         [("train", "ppl", "train"), ("valid", "ppl", "valid")],
         True,
     ),
-    "bleu": ("Validation BLEU", "BLEU", [("valid", "bleu", "valid (greedy)")], False),
+    "bleu": ("Validation BLEU", "BLEU", [("valid", "bleu", "valid")], False),
     "learning_rate": ("Learning rate", "learning rate", [("train", "lr", "lr")], False),
 }
 
