@@ -62,6 +62,7 @@ def test_sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run(
         train_command(config, killed), env=cli_env(), check=True, capture_output=True, text=True
     )
     assert "resuming from" in resumed.stderr
+    assert not list((killed / "checkpoints").glob(".*"))  # no half-written checkpoint left over
 
     assert _train_rows(killed) == _train_rows(straight)  # every logged loss, bit for bit
     final = f"step_{updates:08d}"

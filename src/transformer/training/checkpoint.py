@@ -89,6 +89,14 @@ def save_checkpoint(
     return out
 
 
+def remove_unfinished_checkpoints(run_dir: Path | str) -> None:
+    """Delete temporary directories left by a checkpoint write that a crash interrupted."""
+    root = Path(run_dir) / CHECKPOINTS
+    if root.is_dir():
+        for p in root.glob(".step_*.tmp-*"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def verify_checkpoint(path: Path) -> None:
     """Raise CheckpointError unless every file is present with its recorded checksum."""
     sums_path = path / CHECKSUMS

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from safetensors.torch import load_model
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -39,7 +40,11 @@ from transformer.data.errors import DataError
 from transformer.io import atomic_write_text
 from transformer.model import Transformer
 from transformer.modeldir import save_model_dir
-from transformer.training.checkpoint import latest_checkpoint, save_checkpoint
+from transformer.training.checkpoint import (
+    latest_checkpoint,
+    remove_unfinished_checkpoints,
+    save_checkpoint,
+)
 from transformer.training.config import RunConfig
 from transformer.training.loss import label_smoothed_nll_loss
 from transformer.training.schedule import noam_learning_rate
@@ -164,7 +169,7 @@ class Trainer:
     ) -> None:
         self.config = config
         self.run_dir = Path(run_dir)
-        device_type = "cuda" if config.train.device == "cuda" else config.train.device
+        device_type = config.train.device
         if device_type == "auto":
             device_type = "cuda" if torch.cuda.is_available() else "cpu"
         self.dist = init_distributed(device_type)
@@ -284,12 +289,12 @@ class Trainer:
 
     def resume(self) -> Path | None:
         """Load the newest intact checkpoint of the run, if there is one; returns its path."""
+        if self.dist.is_main:
+            remove_unfinished_checkpoints(self.run_dir)
         found = latest_checkpoint(self.run_dir, warn=lambda m: self.log(f"warning: {m}"))
         if found is None:
             return None
         path, state = found
-        from safetensors.torch import load_model
-
         load_model(self.model, str(path / "model.safetensors"), strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
