@@ -61,15 +61,14 @@ import json, sys, time
 from pathlib import Path
 run, model, started = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if l.strip()]
-train = [r for r in rows if r["kind"] == "train"]
 valid = [r for r in rows if r["kind"] == "valid"]
 test = json.loads((run / "test2016.json").read_text())
-last = train[-1] if train else {}
-print(f"trained      {last.get('step', 0)} updates, {last.get('epoch', 0)} epochs, "
+last = max(rows, key=lambda r: r["step"]) if rows else {}
+print(f"trained      {last.get('step', 0)} updates, {last.get('epoch', 0)} epoch(s), "
       f"{last.get('train_minutes', 0):.1f} min")
 if valid:
     print(f"validation   loss {valid[-1]['loss']:.3f}, ppl {valid[-1]['ppl']:.2f}, "
-          f"greedy BLEU {valid[-1].get('bleu', float('nan')):.2f}")
+          f"BLEU {valid[-1].get('bleu', float('nan')):.2f}")
 print(f"test2016     BLEU {test['bleu']:.2f} (beam 4, alpha 0.6; averaged model), chrF {test['chrf']:.2f}")
 print(f"model        {model}  (transformer translate --model {model})")
 print(f"curves       {run}/plots/curves.png")

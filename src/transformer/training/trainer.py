@@ -500,7 +500,15 @@ class Trainer:
         else:
             self.bad_validations += 1
         result["best"] = self.best
-        self._write_metrics({"kind": "valid", "step": self.step, "epoch": self.epoch, **result})
+        self._write_metrics(
+            {
+                "kind": "valid",
+                "step": self.step,
+                "epoch": self.epoch + 1,  # 1-based, as in every metrics row
+                "train_minutes": self.train_seconds / 60,
+                **result,
+            }
+        )
         bleu = f", BLEU {result['bleu']:.2f}" if "bleu" in result else ""
         self.log(
             f"update {self.step}: valid loss {result['loss']:.4f}, ppl {result['ppl']:.2f}{bleu}"
@@ -651,7 +659,7 @@ class Trainer:
             {
                 "kind": "nonfinite",
                 "step": self.step,
-                "epoch": self.epoch,
+                "epoch": self.epoch + 1,
                 "in_a_row": self.nonfinite_in_a_row,
             }
         )
