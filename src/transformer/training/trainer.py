@@ -35,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from transformer.data.batching import Batch, TokenBatchSampler, collate
-from transformer.data.dataset import ParallelDataset, load_split, load_tokenizer, read_manifest
+from transformer.data.dataset import ParallelDataset, load_split, load_tokenizer
 from transformer.data.errors import DataError
 from transformer.io import atomic_write_text
 from transformer.model import Transformer
@@ -179,8 +179,7 @@ class Trainer:
 
         # Data: the tokenizer fixes the vocabulary, hence the model's size.
         data_dir = Path(config.data.dir)
-        read_manifest(data_dir)
-        self.tokenizer = load_tokenizer(data_dir)
+        self.tokenizer = load_tokenizer(data_dir)  # also checks the manifest
         self.train_data = load_split(data_dir, "train")
         if len(self.train_data) == 0:
             raise DataError(f"{data_dir}: the training split is empty")
