@@ -90,3 +90,20 @@ def copy_model_dir(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Path:
     return save_model_dir(tmp_path_factory.mktemp("models") / "copy", copy_model, copy_tokenizer)
+
+
+@pytest.fixture
+def learned_positions_model(copy_tokenizer: SubwordTokenizer) -> Transformer:
+    """An untrained model with learned positions and only 6 of them (to test truncation)."""
+    config = ModelConfig(
+        vocab_size=copy_tokenizer.vocab_size,
+        d_model=16,
+        n_heads=2,
+        d_ff=32,
+        n_encoder_layers=1,
+        n_decoder_layers=1,
+        dropout=0.0,
+        positional="learned",
+        max_positions=6,
+    )
+    return Transformer(config)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import sacrebleu
 
-from transformer import ModelConfig, Transformer, Translator
+from transformer import Translator
 from transformer.cli import main
 from transformer.modeldir import save_model_dir
 
@@ -68,18 +68,10 @@ def test_translate_nbest_format(copy_model_dir, tmp_path, capsys):
             assert float(log_prob) == pytest.approx(h.log_prob, abs=1e-4)
 
 
-def test_translate_warns_about_truncated_lines_and_drops_none(copy_tokenizer, tmp_path, capsys):
-    config = ModelConfig(
-        vocab_size=copy_tokenizer.vocab_size,
-        d_model=16,
-        n_heads=2,
-        d_ff=32,
-        n_encoder_layers=1,
-        n_decoder_layers=1,
-        positional="learned",
-        max_positions=6,
-    )
-    model_dir = save_model_dir(tmp_path / "learned", Transformer(config), copy_tokenizer)
+def test_translate_warns_about_truncated_lines_and_drops_none(
+    learned_positions_model, copy_tokenizer, tmp_path, capsys
+):
+    model_dir = save_model_dir(tmp_path / "learned", learned_positions_model, copy_tokenizer)
     src = write(tmp_path / "in.txt", ["rot", "Zwei junge Männer spielen Fußball", "", "blau"])
     out = tmp_path / "out.txt"
     code = main(["translate", "--model", str(model_dir), "--input", str(src), "--output", str(out)])

@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 
-from transformer import ModelConfig, Transformer, Translator
+from transformer import Translator
 from transformer.config import ConfigError
 from transformer.data import SubwordTokenizer
 from transformer.modeldir import ModelDirError
@@ -110,19 +110,10 @@ def test_an_ensemble_needs_one_tokenizer(copy_model_dir, tmp_path):
         Translator.from_pretrained([copy_model_dir, other])
 
 
-def test_learned_positions_truncate_long_inputs_with_a_warning(copy_tokenizer):
-    config = ModelConfig(
-        vocab_size=copy_tokenizer.vocab_size,
-        d_model=16,
-        n_heads=2,
-        d_ff=32,
-        n_encoder_layers=1,
-        n_decoder_layers=1,
-        positional="learned",
-        max_positions=6,
-        dropout=0.0,
-    )
-    translator = Translator([Transformer(config)], copy_tokenizer)
+def test_learned_positions_truncate_long_inputs_with_a_warning(
+    learned_positions_model, copy_tokenizer
+):
+    translator = Translator([learned_positions_model], copy_tokenizer)
     long_text = "Zwei junge Männer spielen Fußball auf einer Wiese"
     with pytest.warns(UserWarning, match="input 1: longer than the model's 6 positions"):
         translator.translate(["rot", long_text])
