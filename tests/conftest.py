@@ -5,6 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.copy_model import (  # noqa: F401  (fixtures shared by several test packages)
+    copy_model,
+    copy_model_dir,
+    copy_tokenizer,
+    learned_positions_model,
+)
 from transformer import ModelConfig
 
 B, S, T, D, H, D_FF, V = 3, 7, 5, 16, 4, 24, 37

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.decoding.conftest import copy_batch
+from tests.copy_model import copy_batch
 from transformer.decoding import SearchSettings, generate
 from transformer.model import padding_mask
 from transformer.vocab import PAD_ID

@@ -1,4 +1,5 @@
-"""Fixtures for the decoding tests: a tiny model trained to copy its input, as a model directory.
+"""A tiny model trained to copy its input, as a model directory: fixtures shared by the decoding,
+serving and export tests (registered in tests/conftest.py).
 
 Trained once per session (about 10 s on 2 busy CPU cores): 2 layers, d_model 32, vocabulary 300
 (a byte-level BPE tokenizer trained on a slice of the shipped Multi30k), copying random sequences
@@ -21,7 +22,7 @@ from transformer.data import SubwordTokenizer
 from transformer.modeldir import save_model_dir
 from transformer.vocab import BOS_ID, EOS_ID, PAD_ID
 
-MULTI30K = Path(__file__).resolve().parents[2] / "data" / "multi30k"
+MULTI30K = Path(__file__).resolve().parents[1] / "data" / "multi30k"
 VOCAB = 300
 MAX_COPY = 8
 
