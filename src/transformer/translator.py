@@ -137,12 +137,34 @@ class Hypothesis:
 
 
 @dataclass
+class AttentionMaps:
+    """Every attention weight of one teacher-forced pass over a source and its best hypothesis.
+
+    source_tokens: source subwords + EOS (S of them), the encoder's positions. decoder_tokens:
+    BOS + hypothesis (|Y| of them), the decoder's input positions. target_tokens: hypothesis + EOS
+    (|Y|), what each decoder position predicts. Weights of every layer and head:
+    encoder_self (layers, H, S, S): queries and keys over source_tokens;
+    decoder_self (layers, H, |Y|, |Y|): queries and keys over decoder_tokens (causal: row i sees
+    keys 0..i); cross (layers, H, |Y|, S): query rows over decoder_tokens (row i predicts
+    target_tokens[i]), key columns over source_tokens.
+    """
+
+    source_tokens: list[str]
+    decoder_tokens: list[str]
+    target_tokens: list[str]
+    encoder_self: Tensor
+    decoder_self: Tensor
+    cross: Tensor
+
+
+@dataclass
 class Translation:
     """The hypotheses of one input, best first, and (on request) the best one's attention.
 
     attention: cross-attention weights (layers, heads, |Y|, S) of the best hypothesis, from a
     teacher-forced pass of the first model: row i is the attention while predicting token i + 1
     (the last row predicts EOS); columns are `source_tokens` (source subwords + EOS).
+    attention_maps: the same pass's encoder self-, decoder self- and cross-attention.
     """
 
     source: str
@@ -151,6 +173,7 @@ class Translation:
     attention: Tensor | None = None
     source_tokens: list[str] | None = None
     target_tokens: list[str] | None = None
+    attention_maps: AttentionMaps | None = None
 
     @property
     def text(self) -> str:
@@ -305,10 +328,12 @@ class Translator:
 
     @torch.inference_mode()
     def _attach_attention(self, src: Tensor, results: list[Translation]) -> None:
-        """Cross-attention of each best hypothesis, by one teacher-forced pass of the first model."""
+        """Attention of each best hypothesis, by one teacher-forced pass of the first model."""
         best = [r.hypotheses[0].tokens for r in results]
         tgt_in = _pad([[BOS_ID, *hyp] for hyp in best], self.device)  # (N, |Y|)
         record = self.models[0].attention_weights(src, tgt_in)
+        enc = torch.stack(record.encoder_self, dim=1).float().cpu()  # (N, layers, H, S, S)
+        dec = torch.stack(record.decoder_self, dim=1).float().cpu()  # (N, layers, H, T, T)
         cross = torch.stack(record.cross, dim=1).float().cpu()  # (N, layers, H, T, S)
         src_ids = src.cpu().tolist()
         for i, r in enumerate(results):
@@ -317,6 +342,14 @@ class Translator:
             r.attention = cross[i, :, :, :t, :s].clone()  # (layers, H, |Y|, S)
             r.source_tokens = [self._token(x) for x in src_ids[i][:s]]
             r.target_tokens = [self._token(x) for x in [*best[i], EOS_ID]]
+            r.attention_maps = AttentionMaps(
+                source_tokens=r.source_tokens,
+                decoder_tokens=[self._token(x) for x in [BOS_ID, *best[i]]],
+                target_tokens=r.target_tokens,
+                encoder_self=enc[i, :, :, :s, :s].clone(),
+                decoder_self=dec[i, :, :, :t, :t].clone(),
+                cross=r.attention,
+            )
 
     def _token(self, token_id: int) -> str:
         return self.tokenizer.id_to_token(token_id) or f"<{token_id}>"

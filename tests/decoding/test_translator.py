@@ -56,6 +56,29 @@ def test_nbest_scores_and_attention(translator):
     assert len(result.target_tokens) == n_tgt and result.target_tokens[-1] == "</s>"
 
 
+def test_attention_maps_of_every_kind(translator):
+    texts = ["Ein Mann", "Zwei junge Leute spielen im Park Fußball"]
+    batched = translator.translate_nbest(texts, attention=True)
+    for text, result in zip(texts, batched):
+        maps = result.attention_maps
+        n_src = len(translator.tokenizer.encode(text)) + 1
+        n_tgt = len(result.hypotheses[0].tokens) + 1
+        assert maps.encoder_self.shape == (2, 4, n_src, n_src)
+        assert maps.decoder_self.shape == (2, 4, n_tgt, n_tgt)
+        assert maps.cross.shape == (2, 4, n_tgt, n_src)
+        assert (
+            maps.decoder_tokens[0] == "<s>" and maps.decoder_tokens[1:] == maps.target_tokens[:-1]
+        )
+        for weights in (maps.encoder_self, maps.decoder_self, maps.cross):
+            torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))
+        # causal: a decoder position never attends to a later one
+        assert torch.triu(maps.decoder_self, diagonal=1).abs().max() == 0
+        # padding in the batch changes nothing: equal to translating the sentence alone
+        (alone,) = translator.translate_nbest([text], attention=True)
+        for kind in ("encoder_self", "decoder_self", "cross"):
+            torch.testing.assert_close(getattr(maps, kind), getattr(alone.attention_maps, kind))
+
+
 def test_empty_input_gives_empty_nbest(translator):
     (result,) = translator.translate_nbest([""], nbest=2)
     assert [h.text for h in result.hypotheses] == ["", ""]
