@@ -95,7 +95,7 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 NormPosition = Literal["post", "pre"]
-Positional = Literal["sinusoidal", "learned"]
+Positional = Literal["sinusoidal", "learned", "none"]
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,13 @@ class ModelConfig:
     # Sinusoids: initial table size (extended on demand). Learned: the hard maximum length.
     max_positions: int = 1024
     layer_norm_eps: float = 1e-5
+    # Ablations for `transformer study questions` ("why is it built this way?"). Off by default,
+    # and free when off: each is one branch taken at construction or a constant passed to the
+    # attention kernel. scale_attention=False drops the 1/sqrt(d_k) of scaled dot-product
+    # attention; shared_query_key=True uses one projection for queries and keys (W^Q = W^K, as in
+    # the Reformer); positional: none gives the model no position information at all.
+    scale_attention: bool = True
+    shared_query_key: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -152,14 +159,13 @@ class ModelConfig:
                 problems.append(f"{name}: must be a probability in [0, 1), got {value!r}")
         if self.norm_position not in ("post", "pre"):
             problems.append(f"norm_position: must be 'post' or 'pre', got {self.norm_position!r}")
-        if self.positional not in ("sinusoidal", "learned"):
+        if self.positional not in ("sinusoidal", "learned", "none"):
             problems.append(
-                f"positional: must be 'sinusoidal' or 'learned', got {self.positional!r}"
+                f"positional: must be 'sinusoidal', 'learned' or 'none', got {self.positional!r}"
             )
-        if not isinstance(self.share_embeddings, bool):
-            problems.append(
-                f"share_embeddings: must be true or false, got {self.share_embeddings!r}"
-            )
+        for name in ("share_embeddings", "scale_attention", "shared_query_key"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name}: must be true or false, got {getattr(self, name)!r}")
         if not (isinstance(self.layer_norm_eps, float) and self.layer_norm_eps > 0):
             problems.append(
                 f"layer_norm_eps: must be a positive float, got {self.layer_norm_eps!r}"

@@ -39,9 +39,17 @@ def test_padding_invariance():
 
 
 @pytest.mark.parametrize("norm", ["post", "pre"])
-@pytest.mark.parametrize("positional", ["sinusoidal", "learned"])
-def test_cached_step_by_step_equals_full_pass(norm, positional):
-    model = Transformer(tiny_config(norm_position=norm, positional=positional)).eval()
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"positional": "sinusoidal"},
+        {"positional": "learned"},
+        {"positional": "none"},
+        {"shared_query_key": True, "scale_attention": False},
+    ],
+)
+def test_cached_step_by_step_equals_full_pass(norm, overrides):
+    model = Transformer(tiny_config(norm_position=norm, **overrides)).eval()
     src, tgt = batch_with_padding()
     with torch.no_grad():
         full = model(src, tgt)
@@ -117,7 +125,14 @@ def test_separate_embeddings_when_not_shared():
     assert model.num_parameters() - shared.num_parameters() == 2 * V * 16
 
 
-@pytest.mark.parametrize("overrides", [{}, {"norm_position": "pre", "positional": "learned"}])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"norm_position": "pre", "positional": "learned"},
+        {"shared_query_key": True, "scale_attention": False, "positional": "none"},
+    ],
+)
 def test_every_parameter_gets_a_gradient(overrides):
     model = Transformer(tiny_config(**overrides))
     src, tgt = batch_with_padding()

@@ -39,14 +39,19 @@ def reference_attention(
     mask: Tensor | None = None,
     is_causal: bool = False,
     dropout_p: float = 0.0,
+    scale: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """softmax(Q K^T / sqrt(d_k)) V, written out; returns (output, weights).
+
+    `scale` replaces 1/sqrt(d_k) when given (1.0: unscaled dot products, an ablation).
 
     q (B, H, Tq, d_k), k (B, H, Tk, d_k), v (B, H, Tk, d_v), mask broadcastable to (B, H, Tq, Tk).
     Masked scores are set to the dtype's lowest finite value before the softmax (never -inf, which
     would turn a fully masked row into NaN, and never an added constant, which overflows in fp16).
     """
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, Tq, Tk)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.size(-1))
+    scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
     if is_causal:
         causal = causal_mask(q.size(-2), k.size(-2), q.device)
         mask = causal if mask is None else mask & causal
@@ -65,16 +70,27 @@ class MultiHeadAttention(nn.Module):
     is the same function and lets all heads run as one batched matmul. The fast path is PyTorch's
     fused `scaled_dot_product_attention`; the reference path (`need_weights=True`) also returns the
     attention weights, for visualisation and tests.
+
+    Two ablations, not the paper (see ModelConfig): `scale=False` drops the 1/sqrt(d_k), and
+    `shared_query_key=True` projects keys with the query matrix (there is then no `k_proj`).
     """
 
     def __init__(
-        self, d_model: int, n_heads: int, d_k: int, d_v: int, attention_dropout: float = 0.0
+        self,
+        d_model: int,
+        n_heads: int,
+        d_k: int,
+        d_v: int,
+        attention_dropout: float = 0.0,
+        scale: bool = True,
+        shared_query_key: bool = False,
     ):
         super().__init__()
         self.n_heads, self.d_k, self.d_v = n_heads, d_k, d_v
         self.attention_dropout = attention_dropout
+        self.scale: float | None = None if scale else 1.0  # None: the kernel's 1/sqrt(d_k)
         self.q_proj = nn.Linear(d_model, n_heads * d_k)
-        self.k_proj = nn.Linear(d_model, n_heads * d_k)
+        self.k_proj = None if shared_query_key else nn.Linear(d_model, n_heads * d_k)
         self.v_proj = nn.Linear(d_model, n_heads * d_v)
         self.out_proj = nn.Linear(n_heads * d_v, d_model)
         # Concatenated projection weights, reused across calls when no gradient is needed (decoding).
@@ -114,6 +130,13 @@ class MultiHeadAttention(nn.Module):
 
     def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Self-attention projections of x (B, T, D) in one matmul -> q, k (B, H, T, d_k), v (B, H, T, d_v)."""
+        if self.k_proj is None:  # shared query/key projection: the keys are the queries
+            weight, bias = self._fused_linear("qv", (self.q_proj, self.v_proj))
+            q, v = F.linear(x, weight, bias).split(
+                [self.n_heads * self.d_k, self.n_heads * self.d_v], dim=-1
+            )
+            q = self._heads(q, self.d_k)
+            return q, q, self._heads(v, self.d_v)
         weight, bias = self._fused_linear("qkv", (self.q_proj, self.k_proj, self.v_proj))
         hk = self.n_heads * self.d_k
         q, k, v = F.linear(x, weight, bias).split([hk, hk, self.n_heads * self.d_v], dim=-1)
@@ -121,7 +144,8 @@ class MultiHeadAttention(nn.Module):
 
     def project_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
         """Keys and values of memory (B, S, D) in one matmul -> k (B, H, S, d_k), v (B, H, S, d_v)."""
-        weight, bias = self._fused_linear("kv", (self.k_proj, self.v_proj))
+        k_proj = self.q_proj if self.k_proj is None else self.k_proj
+        weight, bias = self._fused_linear("kv", (k_proj, self.v_proj))
         k, v = F.linear(memory, weight, bias).split(
             [self.n_heads * self.d_k, self.n_heads * self.d_v], dim=-1
         )
@@ -143,10 +167,10 @@ class MultiHeadAttention(nn.Module):
         """Attention over projected heads, then concat and W^O -> ((B, Tq, D), weights or None)."""
         dropout_p = self.attention_dropout if self.training else 0.0
         if need_weights:
-            out, weights = reference_attention(q, k, v, mask, is_causal, dropout_p)
+            out, weights = reference_attention(q, k, v, mask, is_causal, dropout_p, self.scale)
         else:
             out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal
+                q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=self.scale
             )
             weights = None
         b, _, t, _ = out.shape

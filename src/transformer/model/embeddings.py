@@ -84,13 +84,17 @@ class LearnedPositionalEmbedding(nn.Module):
 class TransformerEmbedding(nn.Module):
     """Dropout(sqrt(D) * Embedding(ids) + PE(positions)): the bottom of each stack."""
 
-    def __init__(self, token: ScaledEmbedding, positional: nn.Module, dropout: float) -> None:
+    def __init__(
+        self, token: ScaledEmbedding, positional: nn.Module | None, dropout: float
+    ) -> None:
         super().__init__()
         self.token = token
         self.positional = positional
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, ids: Tensor, offset: int = 0) -> Tensor:
-        """(B, T) ids, first position `offset` -> (B, T, D)."""
-        x = self.token(ids) + self.positional(ids.size(1), offset)
+        """(B, T) ids, first position `offset` -> (B, T, D). No PE when `positional` is None."""
+        x = self.token(ids)
+        if self.positional is not None:
+            x = x + self.positional(ids.size(1), offset)
         return self.dropout(x)

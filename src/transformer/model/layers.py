@@ -71,9 +71,14 @@ class EncoderLayer(nn.Module):
         attention_dropout: float = 0.0,
         norm_position: str = "post",
         eps: float = 1e-5,
+        scale_attention: bool = True,
+        shared_query_key: bool = False,
     ):
         super().__init__()
-        self.self_attn = MultiHeadAttention(d_model, n_heads, d_k, d_v, attention_dropout)
+        ablations = dict(scale=scale_attention, shared_query_key=shared_query_key)
+        self.self_attn = MultiHeadAttention(
+            d_model, n_heads, d_k, d_v, attention_dropout, **ablations
+        )
         self.self_attn_sublayer = SublayerConnection(d_model, dropout, norm_position, eps)
         self.feed_forward = FeedForward(d_model, d_ff)
         self.feed_forward_sublayer = SublayerConnection(d_model, dropout, norm_position, eps)
@@ -107,11 +112,18 @@ class DecoderLayer(nn.Module):
         attention_dropout: float = 0.0,
         norm_position: str = "post",
         eps: float = 1e-5,
+        scale_attention: bool = True,
+        shared_query_key: bool = False,
     ):
         super().__init__()
-        self.self_attn = MultiHeadAttention(d_model, n_heads, d_k, d_v, attention_dropout)
+        ablations = dict(scale=scale_attention, shared_query_key=shared_query_key)
+        self.self_attn = MultiHeadAttention(
+            d_model, n_heads, d_k, d_v, attention_dropout, **ablations
+        )
         self.self_attn_sublayer = SublayerConnection(d_model, dropout, norm_position, eps)
-        self.cross_attn = MultiHeadAttention(d_model, n_heads, d_k, d_v, attention_dropout)
+        self.cross_attn = MultiHeadAttention(
+            d_model, n_heads, d_k, d_v, attention_dropout, **ablations
+        )
         self.cross_attn_sublayer = SublayerConnection(d_model, dropout, norm_position, eps)
         self.feed_forward = FeedForward(d_model, d_ff)
         self.feed_forward_sublayer = SublayerConnection(d_model, dropout, norm_position, eps)

@@ -21,7 +21,9 @@ from transformer.model.embeddings import (
 from transformer.model.layers import AttentionRecord, DecoderLayer, EncoderLayer
 
 
-def _positional(config: ModelConfig) -> nn.Module:
+def _positional(config: ModelConfig) -> nn.Module | None:
+    if config.positional == "none":  # an ablation: the model sees a bag of tokens
+        return None
     if config.positional == "learned":
         return LearnedPositionalEmbedding(config.d_model, config.max_positions)
     return SinusoidalPositionalEncoding(config.d_model, config.max_positions)
@@ -38,6 +40,8 @@ def _layer_kwargs(config: ModelConfig) -> dict:
         attention_dropout=config.attention_dropout,
         norm_position=config.norm_position,
         eps=config.layer_norm_eps,
+        scale_attention=config.scale_attention,
+        shared_query_key=config.shared_query_key,
     )
 
 
