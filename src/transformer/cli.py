@@ -35,6 +35,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "transformer.evaluation.cli",
         "translate a test set and report sacreBLEU BLEU / chrF with signatures and speed",
     ),
+    "study": (
+        "transformer.study.cli",
+        "re-run the paper's Table 3 variations (or the 'why' questions) on your data and budget",
+    ),
 }
 
 

@@ -242,6 +242,11 @@ class Trainer:
         self.stop_reason: str | None = None
         self._signal: int | None = None
 
+    @property
+    def interrupted(self) -> bool:
+        """Whether the last `train()` stopped on SIGINT or SIGTERM (a checkpoint was saved)."""
+        return self._signal is not None
+
     # ------------------------------------------------------------------ set-up helpers
 
     def _check_precision(self) -> None:

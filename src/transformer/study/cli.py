@@ -1,0 +1,120 @@
+"""`transformer study table3|questions --config CONFIG.yaml --budget N|Nm --out DIR`.
+
+Trains one model per row for the same budget, evaluates each on the validation set (perplexity,
+and BLEU with beam 4, alpha 0.6, no checkpoint averaging, as the paper's Table 3) and writes
+OUT/results.csv, OUT/results.md (the paper's layout) and OUT/results.png. Re-running the same
+command skips finished rows and resumes an interrupted one.
+
+    transformer study table3 --config configs/multi30k.yaml --budget 20m --out out/table3
+    transformer study questions --config configs/multi30k.yaml --budget 20m --out out/questions
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from transformer.config import ConfigError
+
+HELP_ROWS = (
+    "only these rows besides the base: Table 3 groups A,B,C,D,E, or question keys "
+    "Q1 (unscaled dot products), Q2 (shared W^Q = W^K), Q3 (pre-norm), Q4 (no label smoothing), "
+    "Q5 (no positional encoding)"
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "study",
+        choices=["table3", "questions"],
+        help="table3: the paper's rows (A)-(E), scaled to the base config; questions: one design "
+        "decision reversed per row",
+    )
+    parser.add_argument("--config", required=True, metavar="CONFIG.yaml", help="the base config")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a value of the base config (repeatable)",
+    )
+    parser.add_argument(
+        "--budget",
+        required=True,
+        help="per row: optimizer updates (300) or minutes of training (20m)",
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    parser.add_argument("--rows", metavar="LIST", help=HELP_ROWS)
+    parser.add_argument(
+        "--seed", type=int, default=None, help="seed of every row (default: the config's)"
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=0,
+        help="rows trained at once (default: one per CUDA device if there are several, else 1)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from transformer.study.report import write_report
+    from transformer.study.rows import study_rows
+    from transformer.study.runner import Budget, run_rows
+    from transformer.training.config import load_config
+
+    try:
+        budget = Budget.parse(args.budget)
+        base = load_config(args.config, args.overrides)
+        groups = args.rows.split(",") if args.rows else None
+        rows, notes = study_rows(args.study, base, groups)
+    except (ConfigError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    import torch
+
+    gpus = torch.cuda.device_count() if base.train.device in ("auto", "cuda") else 0
+    jobs = args.jobs or (gpus if gpus > 1 else 1)
+    if jobs < 1:
+        print(f"error: --jobs must be >= 1, got {jobs}", file=sys.stderr)
+        return 2
+    devices = [str(i % gpus) for i in range(jobs)] if gpus else ["cpu"] * jobs
+    seed = base.train.seed if args.seed is None else args.seed
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(
+        f"study {args.study}: {len(rows)} rows ({', '.join(r.key for r in rows)}), {budget} "
+        f"each, seed {seed}, {jobs} at a time; output in {out}",
+        file=sys.stderr,
+    )
+    for note in notes:
+        print(f"  {note}", file=sys.stderr)
+    from transformer.study.runner import RowInterrupted
+
+    try:
+        outcomes = run_rows(rows, base, out, budget, seed, jobs=jobs, devices=devices)
+    except (RowInterrupted, KeyboardInterrupt):
+        print(
+            "interrupted: finished rows are kept and the current one resumes; re-run the same "
+            "command to go on",
+            file=sys.stderr,
+        )
+        return 130
+    context = f"Base config {args.config}" + (
+        f" with {', '.join(args.overrides)}" if args.overrides else ""
+    )
+    context += f"; seed {seed}; validation split {base.data.valid_split} of {base.data.dir}."
+    paths = write_report(out, args.study, outcomes, budget, notes, context)
+    print((out / "results.md").read_text(encoding="utf-8"))
+    print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
+    failed = [o for o in outcomes if o.error is not None]
+    if failed:
+        print(
+            f"{len(failed)} row(s) failed: "
+            + "; ".join(f"{o.row.key}: {o.error}" for o in failed)
+            + " (details in OUT/rows/KEY/error.txt; re-run to retry them)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
