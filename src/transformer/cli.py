@@ -39,6 +39,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "transformer.study.cli",
         "re-run the paper's Table 3 variations (or the 'why' questions) on your data and budget",
     ),
+    "visualize": (
+        "transformer.visualize",
+        "translate one sentence and plot its attention maps and positional encodings as PNGs",
+    ),
 }
 
 
