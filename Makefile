@@ -14,7 +14,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,fast]'
 	@touch $(STAMP)
 
 lint: setup
@@ -25,7 +25,9 @@ format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# scripts/install_browser.sh: Debian's chromium for the web page test (a no-op when present).
 test: setup lint
+	bash scripts/install_browser.sh
 	$(BIN)/python -m pytest -q tests
 
 # The main job, end to end on the bundled Multi30k: prepare, train DEMO_MINUTES (default 15) on

@@ -35,6 +35,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "transformer.evaluation.cli",
         "translate a test set and report sacreBLEU BLEU / chrF with signatures and speed",
     ),
+    "export": (
+        "transformer.export.cli",
+        "export a model directory to CTranslate2 (int8...) for `--engine ctranslate2`",
+    ),
+    "serve": (
+        "transformer.serve.cli",
+        "serve a model over HTTP: JSON API, metrics and an attention web page",
+    ),
     "study": (
         "transformer.study.cli",
         "re-run the paper's Table 3 variations (or the 'why' questions) on your data and budget",

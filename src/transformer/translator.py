@@ -15,6 +15,16 @@ learned positional embeddings (`positional: learned`), a model cannot take more 
 `Translation.truncated` flag is set and `translate` warns) and hypotheses to `max_positions - 1`
 tokens. Sinusoidal models take any length. An empty (or all-whitespace) input gives empty
 hypotheses without running the model.
+
+Engines. What decodes is an engine (`transformer.decoding.engine`): "torch" (the default: our
+PyTorch models, ensembles, attention maps) or "ctranslate2" (a directory written by
+`transformer export --format ctranslate2`, decoded by CTranslate2; see
+`transformer.decoding.ct2_engine` for how the options map and how its length penalty is
+replaced by ours). Tokenization, truncation, lengths and batching stay here, the same for both;
+an exported model has a fixed position table (`export.json`), so its inputs are truncated as
+those of a learned-position model are.
+
+    fast = Translator.from_pretrained("work/model-ct2", engine="ctranslate2")
 """
 
 from __future__ import annotations
@@ -31,7 +41,8 @@ from torch import Tensor
 from transformer.config import ConfigError
 from transformer.data.tokenizer import SubwordTokenizer
 from transformer.decoding.batching import length_batches
-from transformer.decoding.generate import SearchSettings, generate, max_output_lengths
+from transformer.decoding.engine import ENGINES, Engine, TorchEngine, pad_ids
+from transformer.decoding.generate import SearchSettings, max_output_lengths
 from transformer.decoding.search import LENGTH_PENALTIES
 from transformer.model import Transformer
 from transformer.modeldir import ModelDirError, load_model_dir
@@ -181,7 +192,7 @@ class Translation:
 
 
 class Translator:
-    """Translate text with one model or an ensemble sharing one tokenizer."""
+    """Translate text with one model or an ensemble sharing one tokenizer (or another engine)."""
 
     def __init__(
         self,
@@ -197,24 +208,61 @@ class Translator:
                     f"model {i} has vocab_size {model.config.vocab_size} but the tokenizer has "
                     f"{tokenizer.vocab_size} tokens; the tokenizer does not belong to this model"
                 )
-        self.models = [m.eval() for m in models]
+        self._attach_engine(TorchEngine(models, device), tokenizer)
+
+    @classmethod
+    def from_engine(cls, engine: Engine, tokenizer: SubwordTokenizer) -> Translator:
+        """A Translator over any engine (e.g. `CTranslate2Engine`), with this tokenizer."""
+        if engine.vocab_size != tokenizer.vocab_size:
+            raise ModelDirError(
+                f"the {engine.name} engine's vocabulary has {engine.vocab_size} tokens but the "
+                f"tokenizer has {tokenizer.vocab_size}; the tokenizer does not belong to it"
+            )
+        translator = cls.__new__(cls)
+        translator._attach_engine(engine, tokenizer)
+        return translator
+
+    def _attach_engine(self, engine: Engine, tokenizer: SubwordTokenizer) -> None:
+        self.engine = engine
+        self.models = engine.models  # PyTorch models (torch engine only): attention, plots
         self.tokenizer = tokenizer
-        self.device = torch.device(device)
-        limits = [m.config.max_positions for m in models if m.config.positional == "learned"]
-        self.max_positions: int | None = min(limits) if limits else None
+        self.device = torch.device(getattr(engine, "device", "cpu"))
+        self.max_positions: int | None = engine.max_positions
 
     @classmethod
     def from_pretrained(
-        cls, model_dir: Path | str | Sequence[Path | str], device: torch.device | str = "cpu"
+        cls,
+        model_dir: Path | str | Sequence[Path | str],
+        device: torch.device | str = "cpu",
+        engine: str = "torch",
     ) -> Translator:
         """Load a model directory, or several as an ensemble (they must share the tokenizer).
 
-        Raises ModelDirError with a clear message for a missing or corrupt file or a tokenizer that
-        does not match the model's vocabulary.
+        engine "torch" loads model directories; "ctranslate2" loads one directory written by
+        `transformer export --format ctranslate2` (CTranslate2 uses torch.get_num_threads()
+        threads). Raises ModelDirError with a clear message for a missing or corrupt file, a
+        tokenizer that does not match the model's vocabulary, or a directory that was not
+        exported for the engine; ConfigError for an unknown engine or an ensemble it cannot run.
         """
         dirs = [model_dir] if isinstance(model_dir, str | Path) else list(model_dir)
         if not dirs:
             raise ModelDirError("no model directory given")
+        if engine not in ENGINES:
+            raise ConfigError(
+                "engine", [f"engine: must be one of {', '.join(ENGINES)}, got {engine!r}"]
+            )
+        if engine == "ctranslate2":
+            if len(dirs) > 1:
+                raise ConfigError(
+                    "engine",
+                    [
+                        f"ctranslate2: decodes a single model, got {len(dirs)}; "
+                        "ensembles need engine torch"
+                    ],
+                )
+            from transformer.decoding.ct2_engine import load_ctranslate2_dir
+
+            return cls.from_engine(*load_ctranslate2_dir(dirs[0], device))
         models, tokenizer = [], None
         for d in dirs:
             model, tok = load_model_dir(d, device)
@@ -256,6 +304,9 @@ class Translator:
         """
         opts = DecodeOptions.from_kwargs(options)
         settings = opts.settings()
+        problems = self.engine.problems(settings, attention)
+        if problems:
+            raise ConfigError(f"decoding options for engine {self.engine.name}", problems)
         n_hyps = settings.nbest
         ids = self.tokenizer.encode_batch([str(t) for t in texts])
         truncated = [False] * len(texts)
@@ -301,16 +352,16 @@ class Translator:
         settings: SearchSettings,
         attention: bool,
     ) -> list[Translation]:
-        src = _pad([[*seq, EOS_ID] for seq in batch], self.device)  # (N, S)
+        sources = [[*seq, EOS_ID] for seq in batch]
         src_lengths = torch.tensor([len(seq) for seq in batch])
         cap = None if self.max_positions is None else self.max_positions - 1
         max_len = max_output_lengths(src_lengths, opts.max_len_a, opts.max_len_b, cap)
-        out = generate(self.models, src, max_len.to(self.device), settings)
+        out = self.engine.generate(sources, max_len, settings)
         tokens = out.tokens.cpu().tolist()
         lengths = out.lengths.cpu().tolist()
         log_prob, score = out.log_prob.cpu().tolist(), out.score.cpu().tolist()
         hyp_ids = [
-            [tokens[i][j][: lengths[i][j] - 1] for j in range(len(lengths[i]))]
+            [tokens[i][j][: max(lengths[i][j] - 1, 0)] for j in range(len(lengths[i]))]
             for i in range(len(batch))
         ]
         texts = self.tokenizer.decode_batch([h for hyps in hyp_ids for h in hyps])
@@ -323,14 +374,14 @@ class Translator:
             ]
             results.append(Translation("", hyps))
         if attention:
-            self._attach_attention(src, results)
+            self._attach_attention(pad_ids(sources, self.device), results)
         return results
 
     @torch.inference_mode()
     def _attach_attention(self, src: Tensor, results: list[Translation]) -> None:
         """Attention of each best hypothesis, by one teacher-forced pass of the first model."""
         best = [r.hypotheses[0].tokens for r in results]
-        tgt_in = _pad([[BOS_ID, *hyp] for hyp in best], self.device)  # (N, |Y|)
+        tgt_in = pad_ids([[BOS_ID, *hyp] for hyp in best], self.device)  # (N, |Y|)
         record = self.models[0].attention_weights(src, tgt_in)
         enc = torch.stack(record.encoder_self, dim=1).float().cpu()  # (N, layers, H, S, S)
         dec = torch.stack(record.decoder_self, dim=1).float().cpu()  # (N, layers, H, T, T)
@@ -353,12 +404,3 @@ class Translator:
 
     def _token(self, token_id: int) -> str:
         return self.tokenizer.id_to_token(token_id) or f"<{token_id}>"
-
-
-def _pad(seqs: list[list[int]], device: torch.device) -> Tensor:
-    """Right-pad id lists with PAD into a (N, max length) tensor."""
-    width = max(len(s) for s in seqs)
-    out = torch.full((len(seqs), width), PAD_ID, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-    return out.to(device)

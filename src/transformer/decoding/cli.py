@@ -6,7 +6,8 @@ well as on a file. An empty input line gives an empty output line. With `--nbest
 line gives K lines `I ||| HYPOTHESIS ||| SCORE ||| LOG_PROB` (I the 0-based input line index, SCORE
 the length-normalised ranking score, LOG_PROB the summed token log-probabilities, EOS included),
 best first. Inputs longer than a learned-position model can take are truncated with a warning on
-stderr naming the line; no line is ever dropped.
+stderr naming the line; no line is ever dropped. `--engine ctranslate2` decodes with CTranslate2 a
+directory written by `transformer export --format ctranslate2` (same options, same output format).
 """
 
 from __future__ import annotations
@@ -65,6 +66,18 @@ def add_decode_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
 
 
+def add_engine_argument(parser: argparse.ArgumentParser) -> None:
+    """--engine (translate and evaluate): which engine decodes (`transformer.decoding.engine`)."""
+    parser.add_argument(
+        "--engine",
+        choices=["torch", "ctranslate2"],
+        default="torch",
+        help="torch (default): PyTorch, model directories, ensembles; ctranslate2: CTranslate2 "
+        "on a directory written by `transformer export --format ctranslate2` (pip install "
+        "'.[fast]'); --threads sets its threads too",
+    )
+
+
 def decode_options(args: argparse.Namespace) -> dict:
     """Keyword options for `Translator.translate_nbest` from parsed arguments."""
     method = "greedy" if args.greedy else "sample" if args.sample else "beam"
@@ -93,8 +106,9 @@ def load_translator(args: argparse.Namespace):
     from transformer.translator import Translator
 
     if args.threads:
-        torch.set_num_threads(args.threads)
-    return Translator.from_pretrained(args.model, device=args.device)
+        torch.set_num_threads(args.threads)  # CTranslate2 takes torch.get_num_threads() too
+    engine = getattr(args, "engine", "torch")
+    return Translator.from_pretrained(args.model, device=args.device, engine=engine)
 
 
 def one_line(text: str) -> str:
@@ -109,6 +123,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n\n", 1)[1]
     add_decode_arguments(parser)
+    add_engine_argument(parser)
     parser.add_argument("--input", default="-", help="input file (plain or .gz), - = stdin")
     parser.add_argument("--output", default="-", help="output file, - = stdout")
     parser.add_argument(

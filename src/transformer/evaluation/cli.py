@@ -15,12 +15,19 @@ import time
 from pathlib import Path
 
 from transformer.config import ConfigError
-from transformer.decoding.cli import add_decode_arguments, decode_options, load_translator, one_line
+from transformer.decoding.cli import (
+    add_decode_arguments,
+    add_engine_argument,
+    decode_options,
+    load_translator,
+    one_line,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = __doc__.split("\n\n", 1)[0]
     add_decode_arguments(parser)
+    add_engine_argument(parser)
     parser.add_argument("--src", required=True, help="source sentences (plain or .gz)")
     parser.add_argument("--ref", required=True, help="reference translations (plain or .gz)")
     parser.add_argument("--output", default=None, help="also write the hypotheses to this file")
@@ -78,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         "target_tokens": tokens,
         "target_tokens_per_second": round(tokens / seconds, 2) if seconds > 0 else None,
         "models": [str(m) for m in args.model],
+        "engine": args.engine,
         "decoding": options,
     }
     if args.json:
@@ -90,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"chrF2 = {scores.chrf:.2f}")
     print(f"  signature: chrF2|{scores.chrf_signature}")
     print(
-        f"decoding ({how}): {len(src)} sentences in {seconds:.2f} s, "
+        f"decoding ({how}, engine {args.engine}): {len(src)} sentences in {seconds:.2f} s, "
         f"{report['sentences_per_second']} sentences/s, "
         f"{report['target_tokens_per_second']} target tokens/s"
     )

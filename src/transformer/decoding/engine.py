@@ -1,0 +1,82 @@
+"""Engines: what turns a batch of source ids into hypotheses, behind the `Translator`.
+
+The Translator owns everything around decoding (tokenization, truncation to the model's positions,
+the max-length rule, length-sorted batching, detokenization, n-best assembly); an engine only
+decodes one batch of id sequences. Two exist:
+
+- `TorchEngine` ("torch"): our PyTorch models (one or an ensemble) and the search loop of
+  `generate.py`. The reference: everything the project can do, including attention maps.
+- `CTranslate2Engine` ("ctranslate2", in ct2_engine.py): a model exported with
+  `transformer export --format ctranslate2`, decoded by CTranslate2 (optional dependency).
+
+Both return a `Generated` with the same conventions (tokens with EOS, |Y| counting the EOS, summed
+log-probabilities, score = log_prob / lp(|Y|)), so the Translator never asks which one it has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from transformer.decoding.generate import Generated, SearchSettings, generate
+from transformer.model import Transformer
+from transformer.vocab import PAD_ID
+
+ENGINES = ("torch", "ctranslate2")
+
+
+class Engine(Protocol):
+    """A decoder of id batches. `max_positions`: the most positions it can take (None: any)."""
+
+    name: str
+    vocab_size: int
+    max_positions: int | None
+    # The PyTorch models behind the engine (empty for engines that run none): needed for
+    # attention maps and visualisation.
+    models: list[Transformer]
+
+    def problems(self, settings: SearchSettings, attention: bool) -> list[str]:
+        """Every requested option this engine cannot honour, one line each (empty: all fine)."""
+        ...
+
+    def generate(
+        self, sources: list[list[int]], max_len: Tensor, settings: SearchSettings
+    ) -> Generated:
+        """Decode N sources (subword ids + EOS, unpadded); max_len (N,) tokens before the EOS."""
+        ...
+
+
+def pad_ids(seqs: Sequence[Sequence[int]], device: torch.device | str = "cpu") -> Tensor:
+    """Right-pad id lists with PAD into a (N, max length) tensor."""
+    width = max(len(s) for s in seqs)
+    out = torch.full((len(seqs), width), PAD_ID, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
+    return out.to(device)
+
+
+class TorchEngine:
+    """Our PyTorch model(s) on `device`, decoded by `transformer.decoding.generate`."""
+
+    name = "torch"
+
+    def __init__(self, models: Sequence[Transformer], device: torch.device | str = "cpu"):
+        if not models:
+            raise ValueError("a TorchEngine needs at least one model")
+        self.models = [m.eval() for m in models]
+        self.device = torch.device(device)
+        self.vocab_size = models[0].config.vocab_size
+        limits = [m.config.max_positions for m in models if m.config.positional == "learned"]
+        self.max_positions: int | None = min(limits) if limits else None
+
+    def problems(self, settings: SearchSettings, attention: bool) -> list[str]:
+        return []
+
+    def generate(
+        self, sources: list[list[int]], max_len: Tensor, settings: SearchSettings
+    ) -> Generated:
+        src = pad_ids(sources, self.device)  # (N, S)
+        return generate(self.models, src, max_len.to(self.device), settings)

@@ -1,0 +1,308 @@
+"""Conversion of a model directory into a CTranslate2 model directory (`transformer export`).
+
+    OUT_DIR/
+      model.bin                # CTranslate2 weights (a TransformerSpec), quantized as asked
+      config.json              # CTranslate2's own configuration (special tokens, LayerNorm epsilon)
+      shared_vocabulary.json   # the tokens in id order (CTranslate2 takes token strings)
+      tokenizer.json           # our tokenizer, copied
+      transformer_config.json  # our config.json, copied (metadata: what was exported)
+      export.json              # how: quantization, position table size, versions
+
+How our Transformer maps onto CTranslate2's `TransformerSpec` (checked against the ctranslate2 4.x
+sources: specs/transformer_spec.py, src/layers/{transformer,attention_layer,common}.cc):
+
+- Positions: CTranslate2's built-in sinusoids are fairseq's ``[sin | cos]`` halves, and they
+  start at position 1; ours are the paper's interleaved sin/cos starting at 0. So the table is
+  always given explicitly (`position_encodings.encodings`, looked up at positions 0, 1, ...):
+  our `sinusoid_table` for sinusoids (at least `MIN_SINUSOID_POSITIONS` rows), the learned
+  matrix for learned positions. Its row count is the engine's hard length limit, written to
+  export.json; the Translator truncates longer inputs as it does for learned positions.
+- Embedding scale: `scale_embeddings = True` multiplies by sqrt(embedding width) = sqrt(d_model),
+  before the positions are added, as `ScaledEmbedding` does.
+- Norm position: post-norm is `pre_norm=False` (LayerNorm(x + Sublayer(x)), no final LayerNorm);
+  pre-norm is `pre_norm=True` with the final LayerNorm of each stack. The epsilon is
+  `config.layer_norm_epsilon` (CTranslate2 otherwise defaults to 1e-5 with a bias, 1e-6 without).
+- Attention: q/k/v projections are fused into one matrix (self-attention) and k/v into one
+  (cross-attention), in that order, as CTranslate2 expects. d_k = d_v other than d_model / h is
+  the spec's `head_dim`; queries are scaled by 1/sqrt(head_dim) as ours are.
+- Embeddings: with `share_embeddings` the source and target embeddings and the output projection
+  are the same array; CTranslate2's `optimize()` stores it once (aliases) and quantizes it once.
+  The output projection has no bias, as ours.
+- Source EOS: not added by CTranslate2 (`add_source_eos` false); the engine passes our ids with
+  the EOS already appended, exactly what the PyTorch encoder sees.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from transformer import __version__
+from transformer.config import ModelConfig
+from transformer.data.tokenizer import SubwordTokenizer
+from transformer.io import current_umask, fsync_tree, replace_dir
+from transformer.model import Transformer
+from transformer.model.attention import MultiHeadAttention
+from transformer.model.embeddings import sinusoid_table
+from transformer.modeldir import (
+    CONFIG_FILE,
+    TOKENIZER_FILE,
+    ModelDirError,
+    load_model_config,
+    load_model_dir,
+)
+from transformer.vocab import BOS, EOS, UNK
+
+CT2_WEIGHTS_FILE = "model.bin"
+CT2_CONFIG_FILE = "config.json"
+SOURCE_CONFIG_FILE = "transformer_config.json"
+EXPORT_FILE = "export.json"
+
+# Weight types offered by `transformer export --quantization`: int8 (weights int8, other math
+# float32 on CPU), int8_float32 (the same, explicitly), int16, float16 (GPU), float32.
+QUANTIZATIONS = ("int8", "int8_float32", "int16", "float16", "float32")
+# Sinusoids have no inherent limit, but CTranslate2 needs a finite table: at least this many rows.
+MIN_SINUSOID_POSITIONS = 1024
+
+INSTALL_HINT = "install it with `pip install '.[fast]'` (or `make setup`)"
+
+
+class ExportError(ValueError):
+    """The model cannot be exported as asked; `problems` lists every reason, one line each."""
+
+    def __init__(self, what: str, problems: list[str]):
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"cannot {what} ({len(self.problems)} problem(s)):\n{lines}")
+
+
+# ------------------------------------------------------------------------------------ checks
+
+
+def unsupported_options(config: ModelConfig) -> list[str]:
+    """Every option of `config` that CTranslate2's TransformerSpec cannot represent (empty: OK).
+
+    One function over ModelConfig, so that a new model option gets its line here. What
+    CTranslate2 (4.x) can and cannot do, from its sources:
+    - one head size per attention layer (`head_dim`), used for queries, keys and values alike,
+      so d_k must equal d_v (any value: d_k = d_v != d_model / n_heads is fine);
+    - `num_heads` is stored as int16;
+    - `layer_norm_epsilon` is read as a float32, so it must be a positive normal float32;
+    - the feed-forward activation is a choice (ours is always ReLU), post- and pre-norm, learned
+      or explicit sinusoidal tables, shared or separate embeddings all map (see the module doc);
+      dropout does not exist at inference.
+    """
+    problems = []
+    if config.d_k != config.d_v:
+        problems.append(
+            f"d_k={config.d_k} != d_v={config.d_v}: CTranslate2 has a single per-head size for "
+            "queries, keys and values (set d_v equal to d_k)"
+        )
+    if config.n_heads > np.iinfo(np.int16).max:
+        problems.append(
+            f"n_heads={config.n_heads}: CTranslate2 stores the number of heads as int16 "
+            f"(at most {np.iinfo(np.int16).max})"
+        )
+    eps32 = np.float32(config.layer_norm_eps)
+    if not (np.isfinite(eps32) and eps32 >= np.finfo(np.float32).tiny):
+        problems.append(
+            f"layer_norm_eps={config.layer_norm_eps!r}: CTranslate2 reads it as a float32, in "
+            f"which it is not a positive normal number (use one >= {np.finfo(np.float32).tiny:.3g})"
+        )
+    return problems
+
+
+def vocabulary_problems(tokenizer: SubwordTokenizer) -> list[str]:
+    """CTranslate2 maps token strings to ids: every id needs a string, and no two the same one."""
+    problems, seen = [], {}
+    for i in range(tokenizer.vocab_size):
+        token = tokenizer.id_to_token(i)
+        if token is None:
+            problems.append(f"tokenizer: id {i} has no token string")
+        elif token in seen:
+            problems.append(f"tokenizer: ids {seen[token]} and {i} share the token {token!r}")
+        else:
+            seen[token] = i
+    return problems
+
+
+def _output_problems(model_dir: Path, out: Path) -> list[str]:
+    """Refuse outputs whose replacement would destroy something that is not an earlier export."""
+    if out.resolve() == model_dir.resolve():
+        return [f"--out {out}: is the model directory itself; choose another directory"]
+    if out.exists() and not out.is_dir():
+        return [f"--out {out}: exists and is not a directory"]
+    if out.is_dir() and any(out.iterdir()) and not (out / EXPORT_FILE).is_file():
+        return [
+            f"--out {out}: exists, is not empty and is not an earlier export (no {EXPORT_FILE}); "
+            "choose another directory or remove it"
+        ]
+    return []
+
+
+# ------------------------------------------------------------------------------------- spec
+
+
+def _array(t: Tensor) -> np.ndarray:
+    """A float32 numpy copy of a parameter (CTranslate2 keeps references to what it is given)."""
+    return t.detach().to("cpu", torch.float32).numpy().copy()
+
+
+def _set_linear(spec, layers: tuple[nn.Linear, ...]) -> None:
+    """One CTranslate2 linear from one or several of ours stacked along the output dimension."""
+    spec.weight = np.concatenate([_array(layer.weight) for layer in layers])
+    spec.bias = np.concatenate([_array(layer.bias) for layer in layers])
+
+
+def _set_layer_norm(spec, norm: nn.LayerNorm) -> None:
+    spec.gamma = _array(norm.weight)
+    spec.beta = _array(norm.bias)
+
+
+def _set_self_attention(spec, attn: MultiHeadAttention) -> None:
+    _set_linear(spec.linear[0], (attn.q_proj, attn.k_proj, attn.v_proj))
+    _set_linear(spec.linear[1], (attn.out_proj,))
+
+
+def _set_cross_attention(spec, attn: MultiHeadAttention) -> None:
+    _set_linear(spec.linear[0], (attn.q_proj,))
+    _set_linear(spec.linear[1], (attn.k_proj, attn.v_proj))
+    _set_linear(spec.linear[2], (attn.out_proj,))
+
+
+def _set_feed_forward(spec, layer) -> None:
+    _set_layer_norm(spec.layer_norm, layer.feed_forward_sublayer.norm)
+    _set_linear(spec.linear_0, (layer.feed_forward.linear1,))
+    _set_linear(spec.linear_1, (layer.feed_forward.linear2,))
+
+
+def position_table(model: Transformer) -> Tensor:
+    """(P, D) position vectors for positions 0..P-1, as the model adds them; P = the limit."""
+    config = model.config
+    if config.positional == "learned":
+        return model.encoder.embed.positional.weight
+    return sinusoid_table(max(config.max_positions, MIN_SINUSOID_POSITIONS), config.d_model)
+
+
+def build_spec(model: Transformer, tokens: list[str]):
+    """The `ctranslate2.specs.TransformerSpec` of `model`, weights set, vocabulary registered."""
+    from ctranslate2.specs import TransformerDecoderSpec, TransformerEncoderSpec, TransformerSpec
+    from ctranslate2.specs.common_spec import Activation
+
+    config = model.config
+    pre = config.norm_position == "pre"
+    # head_dim only when it is not CTranslate2's default d_model / n_heads.
+    default_head = config.d_model // config.n_heads
+    same = config.d_k == default_head and config.d_model % config.n_heads == 0
+    head_dim = None if same else config.d_k
+    common = dict(num_heads=config.n_heads, pre_norm=pre, activation=Activation.RELU)
+    spec = TransformerSpec(
+        TransformerEncoderSpec(config.n_encoder_layers, head_dim=head_dim, **common),
+        TransformerDecoderSpec(config.n_decoder_layers, head_dim=head_dim, **common),
+    )
+    positions = _array(position_table(model))
+
+    encoder, enc = spec.encoder, model.encoder
+    encoder.embeddings[0].weight = _array(enc.embed.token.weight)
+    encoder.scale_embeddings = True  # x sqrt(d_model)
+    encoder.position_encodings.encodings = positions
+    for layer_spec, layer in zip(encoder.layer, enc.layers):
+        _set_self_attention(layer_spec.self_attention, layer.self_attn)
+        _set_layer_norm(layer_spec.self_attention.layer_norm, layer.self_attn_sublayer.norm)
+        _set_feed_forward(layer_spec.ffn, layer)
+    if pre:
+        _set_layer_norm(encoder.layer_norm, enc.final_norm)
+
+    decoder, dec = spec.decoder, model.decoder
+    decoder.embeddings.weight = _array(dec.embed.token.weight)
+    decoder.scale_embeddings = True
+    decoder.position_encodings.encodings = (
+        _array(dec.embed.positional.weight) if config.positional == "learned" else positions
+    )
+    for layer_spec, layer in zip(decoder.layer, dec.layers):
+        _set_self_attention(layer_spec.self_attention, layer.self_attn)
+        _set_layer_norm(layer_spec.self_attention.layer_norm, layer.self_attn_sublayer.norm)
+        _set_cross_attention(layer_spec.attention, layer.cross_attn)
+        _set_layer_norm(layer_spec.attention.layer_norm, layer.cross_attn_sublayer.norm)
+        _set_feed_forward(layer_spec.ffn, layer)
+    if pre:
+        _set_layer_norm(decoder.layer_norm, dec.final_norm)
+    decoder.projection.weight = _array(model.output_weight)  # (V, D), no bias
+
+    spec.config.layer_norm_epsilon = float(config.layer_norm_eps)
+    spec.config.bos_token, spec.config.eos_token, spec.config.unk_token = BOS, EOS, UNK
+    spec.config.decoder_start_token = BOS
+    spec.register_source_vocabulary(tokens)
+    spec.register_target_vocabulary(tokens)
+    return spec
+
+
+# ----------------------------------------------------------------------------------- export
+
+
+def export_ctranslate2(
+    model_dir: Path | str, out_dir: Path | str, quantization: str = "int8"
+) -> Path:
+    """Convert a model directory into a CTranslate2 model directory `out_dir`.
+
+    Everything is checked first and every problem reported at once (ExportError); the output is
+    written to a temporary sibling and renamed into place, so a refusal or a crash leaves
+    nothing behind. An earlier export at `out_dir` is replaced; any other non-empty directory is
+    refused.
+    """
+    model_dir, out = Path(model_dir), Path(out_dir)
+    what = f"export {model_dir} to CTranslate2"
+    problems = []
+    if quantization not in QUANTIZATIONS:
+        problems.append(f"--quantization {quantization}: not one of {', '.join(QUANTIZATIONS)}")
+    problems += _output_problems(model_dir, out)
+    try:
+        import ctranslate2
+    except ImportError:
+        problems.append(f"the ctranslate2 package is not installed; {INSTALL_HINT}")
+        ctranslate2 = None
+    try:
+        problems += unsupported_options(load_model_config(model_dir))
+    except ModelDirError as e:  # a missing or invalid config.json, named
+        problems.append(str(e))
+    if problems:
+        raise ExportError(what, problems)
+
+    model, tokenizer = load_model_dir(model_dir)
+    problems = vocabulary_problems(tokenizer)
+    if problems:
+        raise ExportError(what, problems)
+    tokens = [str(tokenizer.id_to_token(i)) for i in range(tokenizer.vocab_size)]
+    spec = build_spec(model, tokens)
+    spec.validate()
+    spec.optimize(quantization=quantization)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        spec.save(str(tmp))  # model.bin, config.json, shared_vocabulary.json
+        shutil.copyfile(model_dir / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
+        shutil.copyfile(model_dir / CONFIG_FILE, tmp / SOURCE_CONFIG_FILE)
+        meta = {
+            "format": "ctranslate2",
+            "quantization": quantization,
+            "positions": int(position_table(model).size(0)),
+            "source_model": str(model_dir.resolve()),
+            "tokenizer_sha256": tokenizer.sha256,
+            "ctranslate2_version": ctranslate2.__version__,
+            "transformer_version": __version__,
+        }
+        (tmp / EXPORT_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        fsync_tree(tmp)
+        tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it private
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,321 @@
+// The attention explorer: translate lines with POST /v1/translate, fetch the attention of the
+// selected line with POST /v1/attention, and draw one (layer, head) map on a canvas.
+// Plain browser JavaScript, no dependencies, no build step.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  lines: [],        // the texts translated last
+  selected: -1,     // index of the line whose attention is shown
+  attention: null,  // the /v1/attention response of that line
+  kind: "cross",    // cross | encoder_self | decoder_self
+  maxTexts: 64,
+};
+
+// ------------------------------------------------------------------------------ server calls
+
+async function postJSON(path, body) {
+  const response = await fetch(path, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  let data = null;
+  try {
+    data = await response.json();
+  } catch (e) {
+    throw new Error(`${path}: HTTP ${response.status}`);
+  }
+  if (!response.ok) {
+    const fields = (data.errors || []).map((e) => `${e.field}: ${e.message}`).join("; ");
+    throw new Error(fields || data.detail || `HTTP ${response.status}`);
+  }
+  return data;
+}
+
+async function checkHealth() {
+  const badge = $("status");
+  try {
+    const response = await fetch("/health");
+    const data = await response.json();
+    state.maxTexts = data.max_texts || state.maxTexts;
+    for (const option of $("beam").options) {
+      option.disabled = Number(option.value) > (data.max_beam || 16);
+    }
+    if (response.ok) {
+      badge.textContent = "ready";
+      badge.className = "status status-ok";
+      return;
+    }
+    badge.textContent = data.status || "not ready";
+    badge.className = data.status === "failed" ? "status status-bad" : "status status-wait";
+  } catch (e) {
+    badge.textContent = "offline";
+    badge.className = "status status-bad";
+  }
+  setTimeout(checkHealth, 1000);
+}
+
+// ------------------------------------------------------------------------------- translating
+
+function setMessage(text, isError = false) {
+  const message = $("message");
+  message.textContent = text;
+  message.className = isError ? "message error" : "message";
+}
+
+async function translate() {
+  const lines = $("source").value.split(/\r?\n/).map((l) => l.trim()).filter((l) => l);
+  if (!lines.length) {
+    setMessage("Type a sentence first.", true);
+    return;
+  }
+  if (lines.length > state.maxTexts) {
+    setMessage(`Only the first ${state.maxTexts} lines are translated.`);
+    lines.length = state.maxTexts;
+  }
+  const button = $("translate");
+  button.disabled = true;
+  setMessage("Translating…");
+  try {
+    const data = await postJSON("/v1/translate", { texts: lines, beam: beam(), nbest: 1 });
+    state.lines = lines;
+    renderTranslations(data.translations);
+    setMessage("");
+    await selectLine(0);
+  } catch (e) {
+    setMessage(e.message, true);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function beam() {
+  return Number($("beam").value);
+}
+
+function renderTranslations(translations) {
+  const list = $("translations");
+  list.replaceChildren();
+  translations.forEach((t, i) => {
+    const item = document.createElement("li");
+    item.dataset.index = String(i);
+    const tgt = document.createElement("div");
+    tgt.className = "tgt";
+    tgt.textContent = t.text;
+    const score = document.createElement("span");
+    score.className = "score";
+    score.textContent = `score ${t.score.toFixed(3)}`;
+    tgt.appendChild(score);
+    const src = document.createElement("div");
+    src.className = "src";
+    src.textContent = t.source;
+    item.append(tgt, src);
+    item.addEventListener("click", () => selectLine(i));
+    list.appendChild(item);
+  });
+}
+
+async function selectLine(index) {
+  state.selected = index;
+  for (const item of $("translations").children) {
+    item.classList.toggle("selected", Number(item.dataset.index) === index);
+  }
+  try {
+    state.attention = await postJSON("/v1/attention", { text: state.lines[index], beam: beam() });
+    fillLayerAndHead();
+    draw();
+  } catch (e) {
+    setMessage(`attention: ${e.message}`, true);
+  }
+}
+
+// ------------------------------------------------------------------------------- attention
+
+const KINDS = {
+  cross: {
+    rows: "target_display", cols: "source_display", layers: "decoder_layers",
+    caption: "Cross-attention: each row is the target token being predicted, each column a "
+      + "source token (encoder output).",
+  },
+  encoder_self: {
+    rows: "source_display", cols: "source_display", layers: "encoder_layers",
+    caption: "Encoder self-attention: rows and columns are source tokens.",
+  },
+  decoder_self: {
+    rows: "decoder_display", cols: "decoder_display", layers: "decoder_layers",
+    caption: "Decoder self-attention: rows and columns are decoder inputs (<s> + translation); "
+      + "a row sees only earlier positions.",
+  },
+};
+
+function fillLayerAndHead() {
+  const a = state.attention;
+  if (!a) return;
+  const layerSelect = $("layer");
+  const layers = a[KINDS[state.kind].layers];
+  const previous = layerSelect.value;
+  layerSelect.replaceChildren();
+  for (let l = 0; l < layers; l++) layerSelect.add(new Option(String(l + 1), String(l)));
+  layerSelect.value = previous !== "" && Number(previous) < layers ? previous : String(layers - 1);
+
+  const headSelect = $("head");
+  const headPrevious = headSelect.value;
+  headSelect.replaceChildren(new Option("average", "avg"));
+  for (let h = 0; h < a.heads; h++) headSelect.add(new Option(String(h + 1), String(h)));
+  headSelect.value = headPrevious && (headPrevious === "avg" || Number(headPrevious) < a.heads)
+    ? headPrevious : "avg";
+}
+
+/** The (rows x cols) matrix on display: one head, or the mean over heads. */
+function currentMatrix() {
+  const a = state.attention;
+  const heads = a[state.kind][Number($("layer").value)];  // (H, rows, cols)
+  const head = $("head").value;
+  if (head !== "avg") return heads[Number(head)];
+  const rows = heads[0].length;
+  const cols = heads[0][0].length;
+  const mean = Array.from({ length: rows }, () => new Array(cols).fill(0));
+  for (const m of heads) {
+    for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) mean[i][j] += m[i][j] / heads.length;
+  }
+  return mean;
+}
+
+// A sequential white-to-blue scale (ColorBrewer "Blues"-like stops), readable in print too.
+const STOPS = [
+  [255, 255, 255], [222, 235, 247], [158, 202, 225], [66, 146, 198], [8, 81, 156], [8, 48, 107],
+];
+
+function color(v) {
+  const x = Math.max(0, Math.min(1, v)) * (STOPS.length - 1);
+  const i = Math.min(Math.floor(x), STOPS.length - 2);
+  const f = x - i;
+  const c = STOPS[i].map((lo, k) => Math.round(lo + (STOPS[i + 1][k] - lo) * f));
+  return `rgb(${c[0]},${c[1]},${c[2]})`;
+}
+
+const layout = { left: 0, top: 0, cell: 0, rows: 0, cols: 0, matrix: null, max: 1 };
+
+function draw() {
+  const a = state.attention;
+  if (!a) return;
+  const kind = KINDS[state.kind];
+  const rowLabels = a[kind.rows];
+  const colLabels = a[kind.cols];
+  const matrix = currentMatrix();
+  let max = 0;
+  for (const row of matrix) for (const v of row) max = Math.max(max, v);
+  const scaleMax = $("scale-max").checked && max > 0 ? max : 1;
+
+  const canvas = $("heatmap");
+  const ctx = canvas.getContext("2d");
+  const font = "13px system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif";
+  ctx.font = font;
+  const labelWidth = (labels) => Math.max(...labels.map((t) => ctx.measureText(t).width), 10);
+  const left = Math.ceil(labelWidth(rowLabels)) + 12;
+  const top = Math.ceil(labelWidth(colLabels)) + 12;
+  const available = $("heatmap-wrap").clientWidth - left - 8;
+  const cell = Math.max(14, Math.min(40, Math.floor(available / colLabels.length)));
+  const width = left + cell * colLabels.length + 2;
+  const height = top + cell * rowLabels.length + 2;
+
+  const dpr = window.devicePixelRatio || 1;
+  canvas.width = Math.round(width * dpr);
+  canvas.height = Math.round(height * dpr);
+  canvas.style.width = `${width}px`;
+  canvas.style.height = `${height}px`;
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  ctx.clearRect(0, 0, width, height);
+  ctx.font = font;
+
+  for (let i = 0; i < rowLabels.length; i++) {
+    for (let j = 0; j < colLabels.length; j++) {
+      ctx.fillStyle = color(matrix[i][j] / scaleMax);
+      ctx.fillRect(left + j * cell, top + i * cell, cell, cell);
+    }
+  }
+  ctx.strokeStyle = "#dde2e8";
+  ctx.strokeRect(left - 0.5, top - 0.5, cell * colLabels.length + 1, cell * rowLabels.length + 1);
+
+  ctx.fillStyle = "#1d2330";
+  ctx.textBaseline = "middle";
+  ctx.textAlign = "right";
+  rowLabels.forEach((t, i) => ctx.fillText(t, left - 6, top + (i + 0.5) * cell));
+  ctx.save();
+  ctx.textAlign = "left";
+  colLabels.forEach((t, j) => {
+    ctx.save();
+    ctx.translate(left + (j + 0.5) * cell, top - 6);
+    ctx.rotate(-Math.PI / 2);
+    ctx.fillText(t, 0, 0);
+    ctx.restore();
+  });
+  ctx.restore();
+
+  Object.assign(layout, {
+    left, top, cell, rows: rowLabels.length, cols: colLabels.length, matrix, rowLabels, colLabels,
+  });
+  const head = $("head").value === "avg" ? "average over heads" : `head ${Number($("head").value) + 1}`;
+  $("attention-caption").textContent =
+    `${kind.caption} Layer ${Number($("layer").value) + 1}, ${head}. Translation: ${a.translation}`;
+  drawLegend(scaleMax);
+}
+
+function drawLegend(scaleMax) {
+  const canvas = $("legend");
+  const ctx = canvas.getContext("2d");
+  for (let x = 0; x < canvas.width; x++) {
+    ctx.fillStyle = color(x / (canvas.width - 1));
+    ctx.fillRect(x, 0, 1, canvas.height);
+  }
+  $("legend-low").textContent = "0";
+  $("legend-high").textContent = scaleMax.toFixed(2);
+}
+
+function showTooltip(event) {
+  const tooltip = $("tooltip");
+  if (!layout.matrix) return;
+  const rect = $("heatmap").getBoundingClientRect();
+  const x = event.clientX - rect.left;
+  const y = event.clientY - rect.top;
+  const j = Math.floor((x - layout.left) / layout.cell);
+  const i = Math.floor((y - layout.top) / layout.cell);
+  if (i < 0 || j < 0 || i >= layout.rows || j >= layout.cols) {
+    tooltip.hidden = true;
+    return;
+  }
+  tooltip.textContent =
+    `${layout.rowLabels[i]} → ${layout.colLabels[j]}: ${layout.matrix[i][j].toFixed(3)}`;
+  tooltip.style.left = `${x + 14 + $("heatmap-wrap").scrollLeft}px`;
+  tooltip.style.top = `${y + 14 + $("heatmap-wrap").scrollTop}px`;
+  tooltip.hidden = false;
+}
+
+// ------------------------------------------------------------------------------------ wiring
+
+function init() {
+  $("translate").addEventListener("click", translate);
+  $("source").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) translate();
+  });
+  for (const button of document.querySelectorAll(".seg")) {
+    button.addEventListener("click", () => {
+      state.kind = button.dataset.kind;
+      for (const b of document.querySelectorAll(".seg")) {
+        b.classList.toggle("active", b === button);
+        b.setAttribute("aria-checked", String(b === button));
+      }
+      fillLayerAndHead();
+      draw();
+    });
+  }
+  for (const id of ["layer", "head", "scale-max"]) $(id).addEventListener("change", draw);
+  $("heatmap").addEventListener("mousemove", showTooltip);
+  $("heatmap").addEventListener("mouseleave", () => { $("tooltip").hidden = true; });
+  window.addEventListener("resize", draw);
+  checkHealth();
+}
+
+init();

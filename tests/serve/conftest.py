@@ -1,0 +1,101 @@
+"""A real `transformer serve` process over the tiny copy model, for the server tests.
+
+`ServerProcess` starts `python -m transformer serve` on a free port of 127.0.0.1, waits for
+/health, and stops it with SIGTERM; the module-scoped `server` fixture asserts that it then exits
+cleanly (status 0).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+START_TIMEOUT = 90.0  # importing torch on a busy shared core can take a while
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """One `transformer serve` subprocess; `url` is its base address."""
+
+    def __init__(self, model_dir: Path, log_path: Path, *extra_args: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+        command = [
+            sys.executable,
+            "-m",
+            "transformer",
+            "serve",
+            "--model",
+            str(model_dir),
+            "--port",
+            str(self.port),
+            "--threads",
+            "1",
+            *extra_args,
+        ]
+        self._log = open(log_path, "wb")  # noqa: SIM115  (closed in stop)
+        self.process = subprocess.Popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT, env=env
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
+        """Poll /health until it answers 200; fail with the server's log if it never does."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self.process.kill()
+        raise AssertionError(f"server not ready after {timeout} s:\n{self.log()}")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, then the exit status (killed and failed after `timeout` s)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"server ignored SIGTERM for {timeout} s:\n{self.log()}") from None
+        finally:
+            self._log.close()
+
+
+@pytest.fixture(scope="module")
+def server(
+    copy_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """A server with the default settings over the copy model; stopped by SIGTERM, exit 0."""
+    proc = ServerProcess(copy_model_dir, tmp_path_factory.mktemp("server") / "server.log")
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        status = proc.stop()
+    assert status == 0, f"server exited with {status} on SIGTERM:\n{proc.log()}"
+    assert "Traceback" not in proc.log(), proc.log()

@@ -1,0 +1,85 @@
+"""The web page in a real headless browser (Debian's chromium, driven by Playwright): type a
+sentence, translate, and see the translation and an attention heat map; nothing is fetched from
+outside the server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+from tests.serve.conftest import ServerProcess
+from transformer import Translator
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="/usr/bin/chromium is missing (scripts/install_browser.sh installs it; make test runs it)",
+)
+
+# Distinct colours of the heat map, counted in the page (a blank or one-colour canvas has <= 2).
+COUNT_COLOURS = """(canvas) => {
+  const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+  const seen = new Set();
+  for (let i = 0; i < data.length; i += 4) seen.add(data[i] * 65536 + data[i + 1] * 256 + data[i + 2]);
+  return seen.size;
+}"""
+CANVAS_PIXELS = """(canvas) => Array.from(
+  canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data
+).join(",")"""
+
+
+def test_translate_and_see_the_attention(
+    server: ServerProcess, copy_model_dir: Path, tmp_path: Path
+) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    text = "Zwei Männer spielen Fußball."
+    expected = Translator.from_pretrained(copy_model_dir).translate([text])[0]
+    host = urlparse(server.url).netloc
+    outside: list[str] = []
+    problems: list[str] = []
+
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            page.on(
+                "request",
+                lambda r: None if urlparse(r.url).netloc == host else outside.append(r.url),
+            )
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.goto(server.url + "/")
+            sync_api.expect(page.locator("#status")).to_have_text("ready", timeout=30_000)
+
+            page.fill("#source", text)
+            page.select_option("#beam", "4")
+            page.click("#translate")
+            translation = page.locator("#translations li .tgt").first
+            sync_api.expect(translation).to_contain_text(expected, timeout=30_000)
+            assert translation.inner_text().startswith(expected)
+            sync_api.expect(page.locator("#attention-caption")).to_contain_text(
+                "Cross-attention", timeout=30_000
+            )
+
+            canvas = page.locator("#heatmap")
+            box = canvas.bounding_box()
+            assert box is not None and box["width"] > 100 and box["height"] > 50
+            assert canvas.evaluate(COUNT_COLOURS) > 10  # cells in several shades, and labels
+            cross = canvas.evaluate(CANVAS_PIXELS)
+            page.screenshot(path=str(tmp_path / "web_page.png"), full_page=True)
+
+            # encoder self-attention, one head: a different picture
+            page.click("button[data-kind=encoder_self]")
+            page.select_option("#head", "0")
+            sync_api.expect(page.locator("#attention-caption")).to_contain_text("Encoder self")
+            assert canvas.evaluate(CANVAS_PIXELS) != cross
+            page.screenshot(path=str(tmp_path / "web_page_encoder.png"), full_page=True)
+        finally:
+            browser.close()
+
+    assert not outside, f"the page fetched from outside the server: {outside}"
+    assert not problems, problems
+    assert (tmp_path / "web_page.png").stat().st_size > 10_000
