@@ -111,8 +111,10 @@ def _perturbed(model: Transformer) -> Transformer:
             d_k=12,
             d_v=12,
         ),
+        # The study's ablations: unscaled dot products, W^K = W^Q, no positional encoding.
+        dict(scale_attention=False, shared_query_key=True, positional="none"),
     ],
-    ids=["post-sinusoidal-shared", "pre-learned-separate-eps-headdim"],
+    ids=["post-sinusoidal-shared", "pre-learned-separate-eps-headdim", "ablations"],
 )
 def test_random_model_scores_and_greedy_equal_torch(copy_tokenizer, tmp_path, overrides):
     """Teacher-forced log-probabilities of random targets (CTranslate2's score_batch) equal

@@ -15,7 +15,7 @@ sources: specs/transformer_spec.py, src/layers/{transformer,attention_layer,comm
   start at position 1; ours are the paper's interleaved sin/cos starting at 0. So the table is
   always given explicitly (`position_encodings.encodings`, looked up at positions 0, 1, ...):
   our `sinusoid_table` for sinusoids (at least `MIN_SINUSOID_POSITIONS` rows), the learned
-  matrix for learned positions. Its row count is the engine's hard length limit, written to
+  matrix for learned positions, zeros for `positional: none`. Its row count is the engine's hard length limit, written to
   export.json; the Translator truncates longer inputs as it does for learned positions.
 - Embedding scale: `scale_embeddings = True` multiplies by sqrt(embedding width) = sqrt(d_model),
   before the positions are added, as `ScaledEmbedding` does.
@@ -24,7 +24,8 @@ sources: specs/transformer_spec.py, src/layers/{transformer,attention_layer,comm
   `config.layer_norm_epsilon` (CTranslate2 otherwise defaults to 1e-5 with a bias, 1e-6 without).
 - Attention: q/k/v projections are fused into one matrix (self-attention) and k/v into one
   (cross-attention), in that order, as CTranslate2 expects. d_k = d_v other than d_model / h is
-  the spec's `head_dim`; queries are scaled by 1/sqrt(head_dim) as ours are.
+  the spec's `head_dim`; queries are scaled by 1/sqrt(head_dim) as ours are (by 1 through
+  `queries_scale` for `scale_attention: false`). With `shared_query_key`, W^Q is written as W^K.
 - Embeddings: with `share_embeddings` the source and target embeddings and the output projection
   are the same array; CTranslate2's `optimize()` stores it once (aliases) and quantizes it once.
   The output projection has no bias, as ours.
@@ -165,15 +166,28 @@ def _set_layer_norm(spec, norm: nn.LayerNorm) -> None:
     spec.beta = _array(norm.bias)
 
 
+def _key_projection(attn: MultiHeadAttention) -> nn.Linear:
+    """W^K, which is W^Q itself in a model with `shared_query_key` (written out twice)."""
+    return attn.q_proj if attn.k_proj is None else attn.k_proj
+
+
+def _set_scale(spec, attn: MultiHeadAttention) -> None:
+    """Unscaled dot products (`scale_attention: false`): CTranslate2's queries_scale = 1."""
+    if attn.scale is not None:
+        spec.queries_scale = np.float32(attn.scale)
+
+
 def _set_self_attention(spec, attn: MultiHeadAttention) -> None:
-    _set_linear(spec.linear[0], (attn.q_proj, attn.k_proj, attn.v_proj))
+    _set_linear(spec.linear[0], (attn.q_proj, _key_projection(attn), attn.v_proj))
     _set_linear(spec.linear[1], (attn.out_proj,))
+    _set_scale(spec, attn)
 
 
 def _set_cross_attention(spec, attn: MultiHeadAttention) -> None:
     _set_linear(spec.linear[0], (attn.q_proj,))
-    _set_linear(spec.linear[1], (attn.k_proj, attn.v_proj))
+    _set_linear(spec.linear[1], (_key_projection(attn), attn.v_proj))
     _set_linear(spec.linear[2], (attn.out_proj,))
+    _set_scale(spec, attn)
 
 
 def _set_feed_forward(spec, layer) -> None:
@@ -187,7 +201,10 @@ def position_table(model: Transformer) -> Tensor:
     config = model.config
     if config.positional == "learned":
         return model.encoder.embed.positional.weight
-    return sinusoid_table(max(config.max_positions, MIN_SINUSOID_POSITIONS), config.d_model)
+    rows = max(config.max_positions, MIN_SINUSOID_POSITIONS)
+    if config.positional == "none":  # the ablation without positions: a table of zeros
+        return torch.zeros(rows, config.d_model)
+    return sinusoid_table(rows, config.d_model)
 
 
 def build_spec(model: Transformer, tokens: list[str]):
