@@ -191,3 +191,15 @@ def test_a_row_dir_trained_with_another_recipe_is_refused(small_data, tmp_path):
     assert main([*args, "--budget", "2"]) == 0
     assert main([*args, "--budget", "2", "--seed", "7"]) == 1  # a different seed: a new recipe
     assert "another config" in (out / "rows" / "base" / "error.txt").read_text()
+
+
+def test_a_larger_budget_continues_every_row(small_data, tmp_path, capsys):
+    config = study_config(tmp_path, small_data)
+    out = tmp_path / "out"
+    args = ["study", "table3", "--config", str(config), "--out", str(out), "--rows", "E"]
+    assert main([*args, "--budget", "2"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--budget", "4"]) == 0
+    err = capsys.readouterr().err
+    assert "[base] resuming from" in err and "[E1] resuming from" in err
+    assert [r["updates"] for r in read_csv(out / "results.csv")] == ["4", "4"]
