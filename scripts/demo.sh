@@ -2,7 +2,8 @@
 # The end-to-end demo behind `make demo`: prepare the bundled Multi30k (de -> en), train
 # configs/multi30k.yaml on this machine for DEMO_MINUTES, average the last checkpoints, score
 # test2016 with sacreBLEU (beam 4, alpha 0.6, as in the paper), translate a few sentences, plot
-# the curves, and print a summary. Re-running it resumes or reuses what is already there.
+# the curves, draw attention heat maps, export to CTranslate2 int8 and score that too, and print a
+# summary. Re-running it resumes or reuses what is already there.
 set -euo pipefail
 
 BIN=${BIN:-.venv/bin}
@@ -15,7 +16,7 @@ started=$(date +%s)
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "1/6 prepare: joint BPE (8,000) and binarized Multi30k in $DATA"
+step "1/8 prepare: joint BPE (8,000) and binarized Multi30k in $DATA"
 if [ -f "$DATA/manifest.json" ]; then
     echo "already prepared (delete $DATA to redo)"
 else
@@ -23,17 +24,17 @@ else
         --test data/multi30k/test_2016_flickr --vocab-size 8000 --out "$DATA"
 fi
 
-step "2/6 train: configs/multi30k.yaml for $MINUTES minutes (DEMO_MINUTES=N to change) in $RUN"
+step "2/8 train: configs/multi30k.yaml for $MINUTES minutes (DEMO_MINUTES=N to change) in $RUN"
 # Checkpoints every 2 x MINUTES updates: on 2 CPU cores the last 5 then span about the last
 # quarter of the run, the part worth averaging.
 SAVE_EVERY=$(awk -v m="$MINUTES" 'BEGIN { n = int(2 * m); print (n < 10 ? 10 : n) }')
 $T train configs/multi30k.yaml --run-dir "$RUN" --set data.dir="$DATA" \
     --set train.max_minutes="$MINUTES" --set train.save_every="$SAVE_EVERY"
 
-step "3/6 average the last 5 checkpoints into $MODEL"
+step "3/8 average the last 5 checkpoints into $MODEL"
 $T average "$RUN" --last 5 --out "$MODEL"
 
-step "4/6 evaluate on test2016 (1,000 sentences; beam 4, alpha 0.6)"
+step "4/8 evaluate on test2016 (1,000 sentences; beam 4, alpha 0.6)"
 $T evaluate --model "$MODEL" --src "$DATA/test_2016_flickr.src.txt" \
     --ref "$DATA/test_2016_flickr.tgt.txt" --output "$RUN/test2016.hyp" --json > "$RUN/test2016.json"
 $BIN/python - "$RUN/test2016.json" <<'PY'
@@ -44,7 +45,7 @@ print(f"chrF {r['chrf']:.2f}  ({r['chrf_signature']})")
 print(f"{r['sentences']} sentences in {r['seconds']:.1f} s: {r['sentences_per_second']:.1f} sentences/s")
 PY
 
-step "5/6 translate a few sentences (transformer translate is a Unix filter)"
+step "5/8 translate a few sentences (transformer translate is a Unix filter)"
 printf '%s\n' "Ein Mann fährt mit dem Fahrrad durch die Stadt." \
     "Zwei Kinder spielen im Sand am Strand." \
     "Eine Frau mit einem roten Hut liest ein Buch." > "$RUN/examples.de"
@@ -52,11 +53,20 @@ $T translate --model "$MODEL" < "$RUN/examples.de" > "$RUN/examples.en"
 paste -d '\n' "$RUN/examples.de" "$RUN/examples.en" \
     | awk 'NR % 2 { printf "  de: %s\n", $0; next } { printf "  en: %s\n", $0 }'
 
-step "6/6 plot the training curves"
+step "6/8 plot the training curves"
 $T plot "$RUN" >/dev/null && echo "$RUN/plots/curves.png"
 
+step "7/8 look inside: attention heat maps and positional encodings (transformer visualize)"
+$T visualize --model "$MODEL" --text "Ein Mann fährt mit dem Fahrrad durch die Stadt." \
+    --out "$RUN/attention" | tail -n 3
+
+step "8/8 export to CTranslate2 int8 and score test2016 with it (transformer export)"
+$T export --model "$MODEL" --format ctranslate2 --quantization int8 --out "$MODEL-ct2" >/dev/null
+$T evaluate --engine ctranslate2 --model "$MODEL-ct2" --src "$DATA/test_2016_flickr.src.txt" \
+    --ref "$DATA/test_2016_flickr.tgt.txt" --json > "$RUN/test2016-ct2.json"
+
 step "summary"
-$BIN/python - "$RUN" "$MODEL" "$started" <<'PY'
+$BIN/python - "$RUN" "$MODEL" "$started" "$BIN" <<'PY'
 import json, sys, time
 from pathlib import Path
 run, model, started = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
@@ -71,6 +81,11 @@ if valid:
           f"BLEU {valid[-1].get('bleu', float('nan')):.2f}")
 print(f"test2016     BLEU {test['bleu']:.2f} (beam 4, alpha 0.6; averaged model), chrF {test['chrf']:.2f}")
 print(f"model        {model}  (transformer translate --model {model})")
+ct2 = json.loads((run / "test2016-ct2.json").read_text())
+print(f"int8 engine  BLEU {ct2['bleu']:.2f}, {ct2['sentences_per_second']:.1f} sentences/s "
+      f"(PyTorch fp32: {test['sentences_per_second']:.1f}); model {model}-ct2")
 print(f"curves       {run}/plots/curves.png")
+print(f"attention    {run}/attention/*.png")
+print(f"serve it     {sys.argv[4]}/transformer serve --model {model}   (then open http://127.0.0.1:8000/)")
 print(f"demo took    {(time.time() - started) / 60:.1f} min")
 PY
