@@ -35,7 +35,6 @@ Results are printed as a Markdown table and written to ``benchmarks/results/deco
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from collections.abc import Callable
@@ -45,6 +44,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from _results import write_result
 from transformer.data.textfiles import read_lines
 from transformer.decoding import SearchSettings, generate, length_batches, max_output_lengths
 from transformer.model import Transformer, padding_mask
@@ -266,9 +266,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     result = run(args)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(table(result))
+    write_result(args.json, result, table(result))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import platform
 import tempfile
 import time
@@ -47,6 +46,7 @@ from pathlib import Path
 
 import torch
 
+from _results import write_result
 from transformer import Translator
 from transformer.data.textfiles import read_lines
 from transformer.decoding.ct2_engine import DEFAULT_PATIENCE, load_ctranslate2_dir
@@ -242,9 +242,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     result = run(args)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(table(result))
+    write_result(args.json, result, table(result))
 
 
 if __name__ == "__main__":

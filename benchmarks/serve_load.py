@@ -44,6 +44,7 @@ from urllib.parse import urlparse
 
 import httpx
 
+from _results import write_result
 from transformer.data.textfiles import read_lines
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -307,9 +308,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     result = run(args)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(table(result))
+    write_result(args.json, result, table(result))
 
 
 if __name__ == "__main__":

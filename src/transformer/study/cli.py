@@ -32,14 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "decision reversed per row",
     )
     parser.add_argument("--config", required=True, metavar="CONFIG.yaml", help="the base config")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a value of the base config (repeatable)",
-    )
+    from transformer.training.cli import add_override_argument
+
+    add_override_argument(parser)  # of the base config
     parser.add_argument(
         "--budget",
         required=True,

@@ -32,6 +32,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "config", metavar="CONFIG.yaml", help="training configuration (configs/*.yaml)"
     )
+    add_override_argument(parser)
+    parser.add_argument(
+        "--run-dir",
+        metavar="DIR",
+        help="where checkpoints, metrics and the best model go (default: runs/<config name>)",
+    )
+
+
+def add_override_argument(parser: argparse.ArgumentParser) -> None:
+    """--set SECTION.KEY=VALUE (repeatable): override one value of a YAML config."""
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -39,11 +49,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="SECTION.KEY=VALUE",
         help="override one config value, e.g. --set train.max_updates=500 (repeatable)",
-    )
-    parser.add_argument(
-        "--run-dir",
-        metavar="DIR",
-        help="where checkpoints, metrics and the best model go (default: runs/<config name>)",
     )
 
 
