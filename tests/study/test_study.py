@@ -86,6 +86,7 @@ def test_question_rows_reverse_one_decision_each():
     with pytest.raises(ValueError, match="unknown Q9"):
         study_rows("questions", base, ["Q9"])
     assert [r.key for r in study_rows("table3", base, ["b", "E"])[0]] == ["base", "B1", "B2", "E1"]
+    assert [r.key for r in study_rows("questions", base, ["base"])[0]] == ["base"]
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from transformer.config import ConfigError
 HELP_ROWS = (
     "only these rows besides the base: Table 3 groups A,B,C,D,E, or question keys "
     "Q1 (unscaled dot products), Q2 (shared W^Q = W^K), Q3 (pre-norm), Q4 (no label smoothing), "
-    "Q5 (no positional encoding)"
+    "Q5 (no positional encoding); 'base' alone for the base row only (e.g. with --seed)"
 )
 
 

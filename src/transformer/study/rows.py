@@ -192,20 +192,21 @@ def study_rows(
 ) -> tuple[list[Row], list[str]]:
     """The base row and the rows of `study` ("table3" or "questions"), optionally only `groups`.
 
-    For table3, groups are letters A-E; for questions, row keys Q1-Q5.
+    For table3, groups are letters A-E; for questions, row keys Q1-Q5; "base" alone gives only
+    the base row (e.g. to measure its spread over seeds).
     """
     if study not in STUDIES:
         raise ValueError(f"unknown study {study!r}; choose one of {', '.join(STUDIES)}")
     rows, notes = table3_rows(base) if study == "table3" else question_rows(base)
     if groups:
         wanted = {g.strip().upper() for g in groups if g.strip()}
-        known = {r.group for r in rows} | {r.key for r in rows}
+        known = {r.group for r in rows} | {r.key for r in rows} | {"BASE"}
         if study == "table3":
             known |= set(TABLE3_GROUPS)
         unknown = sorted(wanted - known)
         if unknown:
             raise ValueError(
-                f"--rows: unknown {', '.join(unknown)} (this study has "
+                f"--rows: unknown {', '.join(unknown)} (this study has base, "
                 f"{', '.join(sorted(TABLE3_GROUPS if study == 'table3' else {r.key for r in rows}))})"
             )
         rows = [r for r in rows if r.group in wanted or r.key in wanted]
