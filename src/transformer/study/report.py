@@ -79,6 +79,12 @@ _COLUMNS: list[tuple[str, Any]] = [
 ]
 
 
+def _millions(parameters: int) -> str:
+    """Parameters in millions with the paper's precision: 2.41, 36.0, 213."""
+    value = parameters / 1e6
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
 def markdown_table(
     study: str, outcomes: list[RowOutcome], budget: Budget, notes: list[str], context: str = ""
 ) -> str:
@@ -119,7 +125,7 @@ def markdown_table(
                 str(f["updates"]),
                 f"{f['valid_ppl']:.2f}",
                 "" if bleu is None else f"{bleu:.1f}",
-                f"{f['parameters'] / 1e6:.3g}",
+                _millions(f["parameters"]),
             ]
         lines.append("| " + " | ".join(cells) + " |")
     failed = [f for f in flats if f["status"] == "failed"]
@@ -158,7 +164,16 @@ def plot_png(study: str, outcomes: list[RowOutcome], budget: Budget) -> bytes:
             ax.axvline(base, color="tab:red", linestyle="--", linewidth=1)
         ax.set_xlabel(name + (" (higher is better)" if "BLEU" in name else " (lower is better)"))
         ax.grid(axis="x", alpha=0.3)
+    if ppl and max(ppl) > 4 * min(ppl):  # a diverged row would squash the others
+        from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+        axes[1].set_xscale("log")
+        axes[1].set_xlim(left=min(ppl) / 1.5)
+        axes[1].xaxis.set_major_formatter(ScalarFormatter())
+        axes[1].xaxis.set_minor_formatter(NullFormatter())
+        axes[1].set_xlabel("dev PPL, log scale (lower is better)")
     axes[0].set_yticks(y)
+
     axes[0].set_yticklabels(labels, fontsize=8)
     fig.suptitle(f"{TITLES[study]}\n{budget} per row; base in red", fontsize=10)
     fig.tight_layout()
