@@ -1,6 +1,9 @@
-"""Shared fixtures: the tiny all-sizes-distinct config (batch 3, S 7, T 5, D 16, H 4, d_ff 24, V 37)."""
+"""Shared fixtures: the tiny all-sizes-distinct config (batch 3, S 7, T 5, D 16, H 4, d_ff 24, V 37),
+the trained copy model (tests/copy_model.py) and a small prepared Multi30k slice."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +14,9 @@ from tests.copy_model import (  # noqa: F401  (fixtures shared by several test p
     copy_tokenizer,
     learned_positions_model,
 )
+from tests.data.conftest import MULTI30K, read_gz, write_lines
 from transformer import ModelConfig
+from transformer.data import prepare
 
 B, S, T, D, H, D_FF, V = 3, 7, 5, 16, 4, 24, 37
 
@@ -42,3 +47,18 @@ def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """600 training pairs and 40 validation pairs of Multi30k de-en, a 400-token BPE."""
+    d = tmp_path_factory.mktemp("small-corpus")
+    for name, n in {"train": 600, "val": 40}.items():
+        for lang in ("de", "en"):
+            write_lines(d / f"{name}.{lang}", read_gz(MULTI30K / f"{name}.{lang}.gz", n))
+    out = tmp_path_factory.mktemp("small-prepared") / "data"
+    prepare(
+        src_lang="de", tgt_lang="en", train=d / "train", valid=d / "val", tests=[], out=out,
+        vocab_size=400, progress=False, log=None,
+    )  # fmt: skip
+    return out

@@ -1,4 +1,6 @@
-"""Fixtures for the training tests: a small prepared Multi30k slice and a micro-model config."""
+"""Helpers of the training tests: a micro-model config, configs on disk, the CLI in a subprocess.
+
+The small prepared Multi30k slice (`small_data`) is a fixture of tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -8,29 +10,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
-from tests.data.conftest import MULTI30K, read_gz, write_lines
-from transformer.data import prepare
 from transformer.training.config import RunConfig, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="session")
-def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """600 training pairs and 40 validation pairs of Multi30k de-en, a 400-token BPE."""
-    d = tmp_path_factory.mktemp("small-corpus")
-    for name, n in {"train": 600, "val": 40}.items():
-        for lang in ("de", "en"):
-            write_lines(d / f"{name}.{lang}", read_gz(MULTI30K / f"{name}.{lang}.gz", n))
-    out = tmp_path_factory.mktemp("small-prepared") / "data"
-    prepare(
-        src_lang="de", tgt_lang="en", train=d / "train", valid=d / "val", tests=[], out=out,
-        vocab_size=400, progress=False, log=None,
-    )  # fmt: skip
-    return out
 
 
 def micro_config(data_dir: Path, **sections: dict[str, Any]) -> dict[str, Any]:
