@@ -7,6 +7,7 @@ import torch
 
 from transformer import Translator
 from transformer.config import ConfigError
+from transformer.decoding.generate import SearchSettings
 from transformer.export import export_ctranslate2
 from transformer.modeldir import ModelDirError, save_model_dir
 from transformer.vocab import BOS_ID, EOS_ID
@@ -116,6 +117,29 @@ def test_threads_follow_torch(ct2_float32_dir):
         assert translator.engine.threads == 1
     finally:
         torch.set_num_threads(threads)
+
+
+def test_cpu_threads_are_single_threaded_workers_over_sub_batches(ct2_float32_dir, sentences):
+    """On CPU, `threads` workers of one thread each decode sub-batches in parallel (the
+    engine's module doc), and that changes no output: one sub-batch per sentence or one worker
+    gives the same hypotheses and scores."""
+    from transformer.decoding import ct2_engine
+
+    engine, tokenizer = ct2_engine.load_ctranslate2_dir(ct2_float32_dir, threads=2)
+    assert engine.translator.num_translators == 2
+    assert engine._options(SearchSettings())["max_batch_size"] == ct2_engine.CPU_SUB_BATCH
+    texts = sentences
+    options = dict(method="beam", beam=4, nbest=2)
+    split = Translator.from_engine(engine, tokenizer).translate_nbest(texts, **options)
+    one, _ = ct2_engine.load_ctranslate2_dir(ct2_float32_dir, threads=1)
+    assert one.translator.num_translators == 1
+    whole = Translator.from_engine(one, tokenizer).translate_nbest(
+        texts, max_sentences=1, **options
+    )
+    for a, b in zip(split, whole):
+        assert [h.tokens for h in a.hypotheses] == [h.tokens for h in b.hypotheses]
+        for ha, hb in zip(a.hypotheses, b.hypotheses):
+            assert ha.score == pytest.approx(hb.score, abs=1e-4)
 
 
 def test_position_limit_truncates_as_torch(learned_positions_model, copy_tokenizer, tmp_path):
