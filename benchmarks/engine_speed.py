@@ -16,8 +16,9 @@ Multi30k test2016 German, 1,000 sentences) is translated by four decoders throug
 
 Each decoder runs in a fresh process of its own, one after the other (CTranslate2 decodes a
 second model in one process much slower: `measure_decoder`). It translates a few sentences
-untimed first (warm-up), then the whole file ``--repeat`` times; the fastest run counts. Timed: `Translator.translate_nbest` end to end
-(tokenization and detokenization included, a negligible and equal share). Target tokens are each
+untimed first (warm-up), then the whole file ``--repeat`` times; the fastest run counts.
+Timed: `Translator.translate_nbest` end to end (tokenization and detokenization included, a
+negligible and equal share). Target tokens are each
 decoder's own best hypotheses' subwords, EOS included, as `transformer evaluate` counts them.
 BLEU: sacreBLEU (`transformer.evaluation.metrics.corpus_scores`) against the reference file.
 Every decoder uses ``--threads`` threads (torch.set_num_threads; CTranslate2 takes the same).
