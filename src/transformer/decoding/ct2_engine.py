@@ -23,9 +23,10 @@ Threads and batches. On CPU the engine runs `threads` CTranslate2 workers of one
 hands it into sub-batches of CPU_SUB_BATCH sentences, which the workers decode in parallel. On
 the 2-core machine this was written on, that decoded Multi30k test2016 (1,000 sentences, int8,
 one `translate_batch` call) 3.9x faster at beam 4 (1.53 s) and 4.5x faster greedy (0.59 s) than
-one batch on one worker of two OpenMP threads (5.99 s, 2.63 s): for models this size OpenMP's synchronisation per
-operation costs more than the second thread gives, and small sub-batches waste less on padding and
-on sentences already finished. On CUDA: one worker, the Translator's batches as they are.
+one batch on one worker of two OpenMP threads (5.99 s, 2.63 s). For models this size, OpenMP's
+synchronisation per operation costs more than the second thread gives, and small sub-batches
+waste less on padding and on sentences already finished. On CUDA: one worker, the Translator's
+batches as they are.
 Seeded sampling uses one worker, so that which generator samples which sub-batch is fixed.
 
 Length penalty. CTranslate2 divides a finished hypothesis' log-probability by
