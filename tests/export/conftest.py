@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.copy_model import MULTI30K
+from transformer import Translator
 
 
 def _lines(name: str) -> list[str]:
@@ -53,3 +54,16 @@ def ct2_float32_dir(copy_model_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def ct2_int8_dir(copy_model_dir, tmp_path_factory) -> Path:
     return _export(copy_model_dir, tmp_path_factory, "int8")
+
+
+@pytest.fixture(scope="session")
+def torch_translator(copy_model_dir) -> Translator:
+    """The PyTorch engine on the copy model: the reference the CTranslate2 engine must match."""
+    return Translator.from_pretrained(copy_model_dir)
+
+
+@pytest.fixture(scope="session")
+def ct2_translator(ct2_float32_dir) -> Translator:
+    """The CTranslate2 engine on the float32 export of the copy model."""
+    pytest.importorskip("ctranslate2")
+    return Translator.from_pretrained(ct2_float32_dir, engine="ctranslate2")

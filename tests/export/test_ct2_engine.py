@@ -15,16 +15,6 @@ from transformer.vocab import BOS_ID, EOS_ID
 pytest.importorskip("ctranslate2")
 
 
-@pytest.fixture(scope="module")
-def torch_translator(copy_model_dir) -> Translator:
-    return Translator.from_pretrained(copy_model_dir)
-
-
-@pytest.fixture(scope="module")
-def ct2_translator(ct2_float32_dir) -> Translator:
-    return Translator.from_pretrained(ct2_float32_dir, engine="ctranslate2")
-
-
 def same_best_tokens(a, b) -> bool:
     return [r.hypotheses[0].tokens for r in a] == [r.hypotheses[0].tokens for r in b]
 

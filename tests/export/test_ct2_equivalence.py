@@ -25,16 +25,6 @@ ctranslate2 = pytest.importorskip("ctranslate2")
 from transformer.export import export_ctranslate2  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def torch_translator(copy_model_dir) -> Translator:
-    return Translator.from_pretrained(copy_model_dir)
-
-
-@pytest.fixture(scope="module")
-def ct2_translator(ct2_float32_dir) -> Translator:
-    return Translator.from_pretrained(ct2_float32_dir, engine="ctranslate2")
-
-
 def renormalised_log_prob(translator: Translator, source: str, tokens: list[int]) -> float:
     """Our model's log P(tokens + EOS | source) with PAD and BOS removed before the softmax."""
     model = translator.models[0]
