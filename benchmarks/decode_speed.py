@@ -52,10 +52,8 @@ from transformer.modeldir import load_model_dir
 from transformer.vocab import BOS_ID, EOS_ID, PAD_ID
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SRC = [
-    ROOT.parent / "shared" / "data" / "multi30k" / "test_2016_flickr.de.gz",
-    ROOT / "data" / "multi30k" / "test_2016_flickr.de.gz",
-]
+# The project's own copy of Multi30k (identical to ../shared/data/multi30k).
+DEFAULT_SRC = ROOT / "data" / "multi30k" / "test_2016_flickr.de.gz"
 
 
 @dataclass
@@ -204,7 +202,7 @@ def bench_method(
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)  # the same for every decoder
     model, tokenizer = load_model_dir(args.model, "cpu")
-    src_path = Path(args.src) if args.src else next(p for p in DEFAULT_SRC if p.is_file())
+    src_path = Path(args.src)
     lines = list(read_lines(src_path))[: args.limit]
     ids = [s if s else [tokenizer.encode(".")[0]] for s in tokenizer.encode_batch(lines)]
     batches = make_batches(ids, args.max_tokens)
@@ -250,7 +248,7 @@ def table(result: dict) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--model", required=True, help="a model directory (a trained model)")
-    parser.add_argument("--src", default=None, help="source sentences (default: test2016 de)")
+    parser.add_argument("--src", default=str(DEFAULT_SRC), help="source sentences (test2016 de)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N sentences")
     parser.add_argument("--beam", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=4096)

@@ -56,8 +56,8 @@ from transformer.evaluation.metrics import corpus_scores
 from transformer.export import export_ctranslate2
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA_DIRS = [ROOT.parent / "shared" / "data" / "multi30k", ROOT / "data" / "multi30k"]
-TEST = "test_2016_flickr"
+# The project's own copy of Multi30k (identical to ../shared/data/multi30k).
+TEST = ROOT / "data" / "multi30k" / "test_2016_flickr"
 DECODERS = ("torch fp32", "torch bf16", "ct2 float32", "ct2 int8")
 
 
@@ -74,14 +74,6 @@ class Row:
     tokens_per_s_vs_torch_fp32: float = 1.0
     bleu_minus_torch_fp32: float = 0.0
     same_output_as_torch_fp32: float = 1.0  # share of sentences with the same best tokens
-
-
-def default_file(suffix: str) -> Path:
-    for d in DATA_DIRS:
-        path = d / f"{TEST}.{suffix}.gz"
-        if path.is_file():
-            return path
-    raise SystemExit(f"no {TEST}.{suffix}.gz in {', '.join(map(str, DATA_DIRS))}; pass --src/--ref")
 
 
 def load_decoder(name: str, model: str, exports: dict[str, str], patience: float) -> Translator:
@@ -133,8 +125,7 @@ def measure_decoder(
 
 
 def run(args: argparse.Namespace) -> dict:
-    src_path = Path(args.src) if args.src else default_file("de")
-    ref_path = Path(args.ref) if args.ref else default_file("en")
+    src_path, ref_path = Path(args.src), Path(args.ref)
     sources = list(read_lines(src_path))[: args.sentences]
     references = list(read_lines(ref_path))[: args.sentences]
     labels = ["greedy", f"beam {args.beam}"]
@@ -247,8 +238,8 @@ def table(result: dict) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--model", required=True, help="a (trained) model directory")
-    parser.add_argument("--src", default=None, help="source sentences (default: test2016 de)")
-    parser.add_argument("--ref", default=None, help="references (default: test2016 en)")
+    parser.add_argument("--src", default=f"{TEST}.de.gz", help="source sentences (test2016 de)")
+    parser.add_argument("--ref", default=f"{TEST}.en.gz", help="references (test2016 en)")
     parser.add_argument("--sentences", type=int, default=None, help="only the first N sentences")
     parser.add_argument("--threads", type=int, default=2, help="threads, for every decoder")
     parser.add_argument("--beam", type=int, default=4)
