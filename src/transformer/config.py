@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -60,6 +61,108 @@ def _describe(annotation: Any) -> str:
     if annotation is type(None):
         return "null"
     return getattr(annotation, "__name__", str(annotation))
+
+
+# ----------------------------------------------------------------------- declared field limits
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The bounds of one numeric field (any of >=, >, <=, <); None values are not checked."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def describe(self) -> str:
+        """The allowed range in words: "in [0, 1)", ">= 1", "> 0"."""
+        lo = (
+            f"[{self.ge:g}"
+            if self.ge is not None
+            else f"({self.gt:g}"
+            if self.gt is not None
+            else None
+        )
+        hi = (
+            f"{self.le:g}]"
+            if self.le is not None
+            else f"{self.lt:g})"
+            if self.lt is not None
+            else None
+        )
+        if lo and hi:
+            return f"in {lo}, {hi}"
+        if lo:
+            return f">= {self.ge:g}" if self.ge is not None else f"> {self.gt:g}"
+        if hi:
+            return f"<= {self.le:g}" if self.le is not None else f"< {self.lt:g}"
+        return "any value"
+
+    def allows(self, value: float) -> bool:
+        return not (
+            (self.ge is not None and not value >= self.ge)
+            or (self.gt is not None and not value > self.gt)
+            or (self.le is not None and not value <= self.le)
+            or (self.lt is not None and not value < self.lt)
+        )
+
+
+def setting(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str = "",
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    default_factory: Any = dataclasses.MISSING,
+    **metadata: Any,
+) -> Any:
+    """A dataclass field with its help text and declared limits (checked by `field_problems`).
+
+    Extra keyword metadata is kept for whoever derives something from the field (a CLI flag, a
+    request model).
+    """
+    limits = Limits(ge, gt, le, lt) if (ge, gt, le, lt) != (None, None, None, None) else None
+    return dataclasses.field(
+        default=default,
+        default_factory=default_factory,
+        metadata={"help": help, "limits": limits, **metadata},
+    )
+
+
+def field_limits(f: dataclasses.Field) -> Limits | None:
+    return f.metadata.get("limits")
+
+
+def field_problems(instance: Any) -> list[str]:
+    """Every field of a dataclass instance whose value has the wrong type or is out of its
+    declared limits, as "name: what is wrong" (the form ConfigError lists)."""
+    hints = typing.get_type_hints(type(instance))
+    problems = []
+    for f in dataclasses.fields(instance):
+        value = getattr(instance, f.name)
+        if not _type_matches(value, hints[f.name]):
+            problems.append(
+                f"{f.name}: expected {_describe(hints[f.name])}, got {value!r} "
+                f"({type(value).__name__})"
+            )
+            continue
+        limits = field_limits(f)
+        if limits is not None and value is not None and not limits.allows(value):
+            problems.append(f"{f.name}: must be {limits.describe()}, got {value!r}")
+    return problems
+
+
+def check_fields(instance: Any, where: str, more: Callable[[], list[str]] | None = None) -> None:
+    """Raise one ConfigError listing every field problem of `instance`; `more()` adds the checks
+    that relate several fields (run only once every field is individually valid)."""
+    problems = field_problems(instance)
+    if not problems and more is not None:
+        problems = more()
+    if problems:
+        raise ConfigError(where, problems)
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str | None = None) -> T:
