@@ -161,3 +161,47 @@ def test_fp16_on_cpu_is_refused_with_a_hint(small_data: Path, tmp_path: Path) ->
     config = run_config(small_data, train={"precision": "fp16", "device": "cpu"})
     with pytest.raises(TrainingError, match="use bf16 on CPU"):
         Trainer(config, tmp_path, log=lambda m: None)
+
+
+def test_an_update_the_fp16_gradient_scaler_skips_does_not_advance_the_schedule(
+    small_data: Path,
+) -> None:
+    trainer = _no_dropout(small_data)
+    # The scaler of precision fp16 (CUDA), on CPU: the skip logic is the same.
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    batches = trainer.sampler.all_batches(epoch=0)[:3]
+    groups = [[collate([trainer.train_data[i] for i in b.tolist()])] for b in batches]
+    assert trainer.train_step(groups[0])["lr"] == pytest.approx(noam_learning_rate(1, 32, 10))
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    adam_steps = [s["step"].item() for s in trainer.optimizer.state_dict()["state"].values()]
+
+    weight = next(trainer.model.parameters())
+    overflow = weight.register_hook(lambda g: torch.full_like(g, float("inf")))
+    assert trainer.train_step(groups[1]) == {}  # skipped: the loss was finite, the gradient not
+    overflow.remove()
+    assert trainer.step == 1
+    assert trainer.scaler.get_scale() == 2.0**9
+    assert all(torch.equal(p, before[n]) for n, p in trainer.model.named_parameters())
+    after = [s["step"].item() for s in trainer.optimizer.state_dict()["state"].values()]
+    assert after == adam_steps  # Adam's own step count did not move either
+
+    stats = trainer.train_step(groups[2])
+    assert trainer.step == 2
+    assert stats["lr"] == pytest.approx(noam_learning_rate(2, 32, 10))  # not 3
+    rows = [json.loads(line) for line in trainer.metrics.path.read_text().splitlines()]
+    assert [(r["kind"], r["step"], r["new_scale"]) for r in rows] == [("overflow", 1, 2.0**9)]
+
+
+def test_validation_bleu_decodes_as_the_translator_does(small_data: Path, tmp_path: Path) -> None:
+    from transformer.training.validation import best_translations
+    from transformer.translator import Translator
+
+    # Untrained weights: long, differing outputs (a briefly trained model says little).
+    trainer = Trainer(run_config(small_data), tmp_path, log=lambda m: None)
+    sources = [*trainer.valid_texts[0][:6], "", "   "]
+    translator = Translator([trainer.model], trainer.tokenizer)
+    for beam, how in ((1, {"method": "greedy"}), (3, {"method": "beam", "beam": 3})):
+        ours = best_translations(trainer.model, trainer.tokenizer, sources, beam, "cpu", 200)
+        assert ours == translator.translate(sources, **how)
+        assert ours[-2:] == ["", ""]
+        assert len(set(ours)) > 3  # real, differing translations

@@ -1,8 +1,9 @@
 """Validation during training: loss, perplexity and BLEU.
 
 Runs on one process. Loss and perplexity are teacher-forced over the whole validation split;
-BLEU decodes the sources (beam search, or greedily: cheaper) and scores the detokenized output
-against the raw references with sacreBLEU.
+BLEU decodes the raw source lines (greedily by default: cheaper; or by beam search with the
+paper's length penalty) through the decoding layer and scores the detokenized best hypotheses
+against the raw references with sacreBLEU: the same hypotheses `transformer translate` gives.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ import torch
 from transformer.data.batching import TokenBatchSampler, collate
 from transformer.data.dataset import ParallelDataset
 from transformer.data.tokenizer import SubwordTokenizer
+from transformer.decoding.batching import length_batches
+from transformer.decoding.engine import TorchEngine
+from transformer.decoding.generate import SearchSettings, max_output_lengths
 from transformer.model import Transformer
 from transformer.training.loss import label_smoothed_nll_loss
-from transformer.translator import Translator
+from transformer.vocab import EOS_ID
 
 
 @torch.no_grad()
@@ -38,11 +42,8 @@ def validate(
     beam: int = 1,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> dict[str, Any]:
-    """{"loss", "nll_loss", "ppl", and given (sources, references) "bleu"}; leaves eval mode on.
-
-    BLEU translates the raw source lines through the same `Translator` users call: greedily for
-    `beam` 1, else by beam search with the paper's length penalty (alpha 0.6).
-    """
+    """{"loss", "nll_loss", "ppl", "valid_seconds", and given (sources, references) "bleu"}
+    over the first `max_sentences` pairs (0: all); leaves eval mode on."""
     start = time.monotonic()
     model.eval()
     budget = max(max_tokens, int(max(data.src_lengths.max(), data.tgt_lengths.max())) + 1)
@@ -65,10 +66,38 @@ def validate(
     if texts is not None:
         sources, references = texts
         n = len(sources) if max_sentences == 0 else min(max_sentences, len(sources))
-        translator = Translator([model], tokenizer, device)
         with autocast():
-            how = {"method": "greedy"} if beam == 1 else {"method": "beam", "beam": beam}
-            outputs = translator.translate(sources[:n], max_tokens=budget, **how)
+            outputs = best_translations(model, tokenizer, sources[:n], beam, device, budget)
         result["bleu"] = sacrebleu.corpus_bleu(outputs, [references[:n]]).score
     result["valid_seconds"] = time.monotonic() - start
     return result
+
+
+def best_translations(
+    model: Transformer,
+    tokenizer: SubwordTokenizer,
+    sources: list[str],
+    beam: int,
+    device: torch.device,
+    max_tokens: int,
+) -> list[str]:
+    """The best hypothesis of each source as text: greedy for `beam` 1, else beam search with
+    the decoding defaults (GNMT alpha 0.6, at most source + 50 tokens). Sources longer than a
+    learned-position model's table are cut to it; an empty source gives an empty line."""
+    settings = SearchSettings(method="greedy", nbest=1) if beam == 1 else SearchSettings(beam=beam)
+    engine = TorchEngine([model], device)
+    cap = None if engine.max_positions is None else engine.max_positions - 1
+    ids = [seq[:cap] for seq in tokenizer.encode_batch(sources)]
+    outputs = [""] * len(sources)
+    todo = [i for i, seq in enumerate(ids) if seq and sources[i].strip()]
+    for batch in length_batches([len(ids[i]) + 1 for i in todo], max_tokens):
+        rows = [todo[j] for j in batch]
+        src_lengths = torch.tensor([len(ids[i]) for i in rows])
+        max_len = max_output_lengths(src_lengths, 1.0, 50, cap)
+        out = engine.generate([[*ids[i], EOS_ID] for i in rows], max_len, settings)
+        best = out.tokens[:, 0].tolist()  # (N, T): EOS included, then PAD
+        lengths = out.lengths[:, 0].tolist()  # |Y|, EOS counted
+        texts = tokenizer.decode_batch([t[: max(n - 1, 0)] for t, n in zip(best, lengths)])
+        for i, text in zip(rows, texts):
+            outputs[i] = text
+    return outputs
