@@ -71,7 +71,7 @@ def measure(config_path: Path, data_dir: Path, precision: str, warmup: int, upda
     config = load_config(config_path, overrides)
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(config, run_dir, log=lambda message: None)
-        trainer.valid_data = None  # no validation at the end either
+        trainer.validator.data = None  # no validation at the end either
         starts: list[float] = []
         tokens: list[float] = []
         flops: list[int] = []

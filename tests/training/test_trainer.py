@@ -198,7 +198,7 @@ def test_validation_bleu_decodes_as_the_translator_does(small_data: Path, tmp_pa
 
     # Untrained weights: long, differing outputs (a briefly trained model says little).
     trainer = Trainer(run_config(small_data), tmp_path, log=lambda m: None)
-    sources = [*trainer.valid_texts[0][:6], "", "   "]
+    sources = [*trainer.validator.texts[0][:6], "", "   "]
     translator = Translator([trainer.model], trainer.tokenizer)
     for beam, how in ((1, {"method": "greedy"}), (3, {"method": "beam", "beam": 3})):
         ours = best_translations(trainer.model, trainer.tokenizer, sources, beam, "cpu", 200)

@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from transformer.data.batching import Batch, TokenBatchSampler, collate
-from transformer.data.dataset import ParallelDataset, load_split, load_tokenizer
+from transformer.data.dataset import load_split, load_tokenizer
 from transformer.data.errors import DataError
 from transformer.model import Transformer
 from transformer.modeldir import save_model_dir
@@ -49,7 +49,7 @@ from transformer.training.loss import label_smoothed_nll_loss
 from transformer.training.metrics import METRICS, LossWindow, MetricsLog
 from transformer.training.schedule import noam_learning_rate
 from transformer.training.state import Progress, rng_state, set_rng_state
-from transformer.training.validation import validate
+from transformer.training.validation import Validator
 
 __all__ = ["BEST", "METRICS", "Trainer", "TrainingError"]
 
@@ -84,13 +84,7 @@ class Trainer:
         self.train_data = load_split(data_dir, "train")
         if len(self.train_data) == 0:
             raise DataError(f"{data_dir}: the training split is empty")
-        self.valid_data: ParallelDataset | None = None
-        if (data_dir / f"{config.data.valid_split}.src.idx").is_file():
-            self.valid_data = load_split(data_dir, config.data.valid_split)
-        # Raw validation text for BLEU (prepare keeps it for every split but train).
-        valid_src = _read_text(data_dir / f"{config.data.valid_split}.src.txt")
-        valid_ref = _read_text(data_dir / f"{config.data.valid_split}.tgt.txt")
-        self.valid_texts = (valid_src, valid_ref) if valid_src and valid_ref else None
+        self.validator = Validator(config)
         self.sampler = TokenBatchSampler(
             self.train_data.src_lengths,
             self.train_data.tgt_lengths,
@@ -489,19 +483,8 @@ class Trainer:
         keeps the best model in RUN_DIR/best and decides early stopping."""
         t = self.config.train
         result: dict[str, Any] = {}
-        if self.dist.is_main and self.valid_data is not None:
-            result = validate(
-                self.model,
-                self.valid_data,
-                self.tokenizer,
-                self.valid_texts if t.valid_bleu else None,
-                device=self.device,
-                max_tokens=self.config.data.valid_max_tokens,
-                label_smoothing=self.config.optim.label_smoothing,
-                max_sentences=t.valid_bleu_sentences,
-                beam=t.valid_beam,
-                autocast=self.autocast,
-            )
+        if self.dist.is_main:
+            result = self.validator(self.model, self.tokenizer, self.device, self.autocast)
         result = self.dist.broadcast(result)
         p = self.progress
         p.last_valid_step = self.step
@@ -596,9 +579,3 @@ class Trainer:
             torch.manual_seed(self.config.train.seed + 7919 * self.step + self.dist.rank)
         self.metrics.truncate(self.step)
         return path
-
-
-def _read_text(path: Path) -> list[str] | None:
-    if not path.is_file():
-        return None
-    return path.read_text(encoding="utf-8").splitlines()

@@ -12,20 +12,62 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import sacrebleu
 import torch
 
 from transformer.data.batching import TokenBatchSampler, collate
-from transformer.data.dataset import ParallelDataset
+from transformer.data.dataset import ParallelDataset, load_split
 from transformer.data.tokenizer import SubwordTokenizer
 from transformer.decoding.batching import length_batches
 from transformer.decoding.engine import TorchEngine
 from transformer.decoding.generate import SearchSettings, max_output_lengths
 from transformer.model import Transformer
+from transformer.training.config import RunConfig
 from transformer.training.loss import label_smoothed_nll_loss
 from transformer.vocab import EOS_ID
+
+
+class Validator:
+    """Validation as a run's config asks: on the split `data.valid_split` of the prepared
+    directory (none there: no validation), BLEU if `train.valid_bleu` and the split's raw text
+    was kept (`transformer prepare` keeps it for every split but train)."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        data_dir, split = Path(config.data.dir), config.data.valid_split
+        self.data: ParallelDataset | None = None
+        if (data_dir / f"{split}.src.idx").is_file():
+            self.data = load_split(data_dir, split)
+        sources = _read_lines(data_dir / f"{split}.src.txt")
+        references = _read_lines(data_dir / f"{split}.tgt.txt")
+        self.texts = (sources, references) if sources and references else None
+
+    def __call__(
+        self,
+        model: Transformer,
+        tokenizer: SubwordTokenizer,
+        device: torch.device,
+        autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    ) -> dict[str, Any]:
+        """`validate`'s result; {} without a validation split."""
+        if self.data is None:
+            return {}
+        t = self.config.train
+        return validate(
+            model,
+            self.data,
+            tokenizer,
+            self.texts if t.valid_bleu else None,
+            device=device,
+            max_tokens=self.config.data.valid_max_tokens,
+            label_smoothing=self.config.optim.label_smoothing,
+            max_sentences=t.valid_bleu_sentences,
+            beam=t.valid_beam,
+            autocast=autocast,
+        )
 
 
 @torch.no_grad()
@@ -101,3 +143,7 @@ def best_translations(
         for i, text in zip(rows, texts):
             outputs[i] = text
     return outputs
+
+
+def _read_lines(path: Path) -> list[str] | None:
+    return path.read_text(encoding="utf-8").splitlines() if path.is_file() else None
