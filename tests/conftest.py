@@ -1,5 +1,7 @@
 """Shared fixtures: the tiny all-sizes-distinct config (batch 3, S 7, T 5, D 16, H 4, d_ff 24, V 37),
-the trained copy model (tests/copy_model.py) and a small prepared Multi30k slice."""
+the trained copy model (tests/copy_model.py) and a small prepared Multi30k slice; the hooks of
+tests/optional.py (gpu tests skipped without CUDA; in strict mode, CI=true or STRICT=1, every other
+skip fails)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,11 @@ from tests.copy_model import (  # noqa: F401  (fixtures shared by several test p
     learned_positions_model,
 )
 from tests.data.conftest import MULTI30K, read_gz, write_lines
+from tests.optional import (  # noqa: F401  (hooks: gpu tests skipped without CUDA; strict mode)
+    pytest_collection_modifyitems,
+    pytest_make_collect_report,
+    pytest_runtest_makereport,
+)
 from transformer import ModelConfig
 from transformer.data import prepare
 
@@ -38,15 +45,6 @@ def tiny_config(**overrides) -> ModelConfig:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
-
-
-def pytest_collection_modifyitems(config, items) -> None:
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA device; none is available here")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """Fixtures of the export tests: CTranslate2 exports of the copy model, and 100 source sentences.
 
 Exports are made once per session (a second each); tests that need CTranslate2 skip when the
-optional `fast` extra is not installed.
+optional `fast` extra is not installed (and fail in strict mode: see tests/optional.py).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.copy_model import MULTI30K
+from tests.optional import require
 from transformer import Translator
 
 
@@ -39,7 +40,7 @@ def sentences(copy_tokenizer) -> list[str]:
 
 
 def _export(copy_model_dir: Path, tmp_path_factory, quantization: str) -> Path:
-    pytest.importorskip("ctranslate2")
+    require("ctranslate2")
     from transformer.export import export_ctranslate2
 
     out = tmp_path_factory.mktemp("ct2") / f"copy-{quantization}"
@@ -65,5 +66,5 @@ def torch_translator(copy_model_dir) -> Translator:
 @pytest.fixture(scope="session")
 def ct2_translator(ct2_float32_dir) -> Translator:
     """The CTranslate2 engine on the float32 export of the copy model."""
-    pytest.importorskip("ctranslate2")
+    require("ctranslate2")
     return Translator.from_pretrained(ct2_float32_dir, engine="ctranslate2")

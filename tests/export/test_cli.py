@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import tiny_config
+from tests.optional import require
 from transformer import Transformer, Translator
 from transformer.cli import main
 from transformer.modeldir import save_model_dir
 
-pytest.importorskip("ctranslate2")
+require("ctranslate2")
 
 SRC = ["Ein Mann", "", "Kinder", "rot", "ein Ball", "Frau"]
 

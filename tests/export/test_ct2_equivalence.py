@@ -16,11 +16,12 @@ import pytest
 import torch
 
 from tests.conftest import tiny_config
+from tests.optional import require
 from transformer import Transformer, Translator
 from transformer.modeldir import save_model_dir
 from transformer.vocab import BOS_ID, EOS_ID, PAD_ID
 
-ctranslate2 = pytest.importorskip("ctranslate2")
+ctranslate2 = require("ctranslate2")
 
 from transformer.export import export_ctranslate2  # noqa: E402
 

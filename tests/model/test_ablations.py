@@ -1,12 +1,13 @@
 """The study's ablations (`transformer study questions`): each does exactly what it says, and
 nothing when off."""
 
+import dataclasses
 import math
 
 import torch
 
 from tests.conftest import B, D, H, S, T, tiny_config
-from transformer import Transformer
+from transformer import ModelConfig, Transformer
 from transformer.model.attention import MultiHeadAttention, padding_mask
 
 
@@ -77,13 +78,72 @@ def test_without_positions_the_encoder_is_permutation_equivariant():
         )
 
 
-def test_ablations_off_by_default_leave_the_paper_model():
-    config = tiny_config()
-    assert config.scale_attention and not config.shared_query_key
-    assert config.positional == "sinusoidal"
-    torch.manual_seed(0)
-    a = Transformer(config)
-    torch.manual_seed(0)
-    b = Transformer(tiny_config(scale_attention=True, shared_query_key=False))
-    assert list(a.state_dict()) == list(b.state_dict())
-    assert any(name.endswith("self_attn.k_proj.weight") for name in a.state_dict())
+def paper_sinusoids(n_positions: int, d_model: int) -> torch.Tensor:
+    """PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d_model))."""
+    pe = torch.zeros(n_positions, d_model, dtype=torch.float64)
+    for pos in range(n_positions):
+        for two_i in range(0, d_model, 2):
+            angle = pos / 10000 ** (two_i / d_model)
+            pe[pos, two_i] = math.sin(angle)
+            pe[pos, two_i + 1] = math.cos(angle)
+    return pe.float()
+
+
+def test_ablations_default_to_off():
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+    assert defaults["scale_attention"] is True
+    assert defaults["shared_query_key"] is False
+    assert defaults["positional"] == "sinusoidal"
+
+
+def test_by_default_every_attention_is_scaled_with_its_own_query_and_key_matrices():
+    """Each attention of a default model is softmax(Q K^T / sqrt(d_k)) V, with Q and K from two
+    separate matrices W^Q and W^K; the reference tells both ablations apart from it."""
+    model = Transformer(tiny_config()).eval()
+    query, memory, src_mask = inputs()
+    causal = torch.ones(T, T, dtype=torch.bool).tril()[None, None]
+    attentions = {n: m for n, m in model.named_modules() if isinstance(m, MultiHeadAttention)}
+    assert len(attentions) == 2 + 2 * 2  # 2 encoder self + 2 x (decoder self, cross)
+    for name, mha in attentions.items():
+        assert mha.k_proj is not None, name
+        assert mha.k_proj.weight is not mha.q_proj.weight, name
+        assert not torch.allclose(mha.k_proj.weight, mha.q_proj.weight), name
+        if name.startswith("encoder."):  # self-attention over the padded source
+            x, key_value, allowed = memory, None, src_mask
+        elif name.endswith("cross_attn"):  # target positions over the padded source
+            x, key_value, allowed = query, memory, src_mask
+        else:  # decoder self-attention, causal
+            x, key_value, allowed = query, None, causal
+        m = x if key_value is None else key_value
+        scale = 1 / math.sqrt(mha.d_k)
+        expected = explicit_mha(mha, x, m, allowed, mha.q_proj, mha.k_proj, scale)
+        with torch.no_grad():
+            fast, _ = mha(x, key_value, allowed)
+            ref, _ = mha(x, key_value, allowed, need_weights=True)
+        torch.testing.assert_close(fast, expected, rtol=0, atol=1e-5, msg=name)
+        torch.testing.assert_close(ref, expected, rtol=0, atol=1e-5, msg=name)
+        unscaled = explicit_mha(mha, x, m, allowed, mha.q_proj, mha.k_proj, 1.0)
+        shared = explicit_mha(mha, x, m, allowed, mha.q_proj, mha.q_proj, scale)
+        assert not torch.allclose(fast, unscaled, atol=1e-3), name
+        assert not torch.allclose(fast, shared, atol=1e-3), name
+
+
+def test_by_default_positions_are_the_papers_interleaved_sinusoids():
+    """sqrt(d_model) * embedding + PE, PE with sine on even and cosine on odd dimensions (not the
+    [sin | cos] halves), in the encoder and in the decoder at any offset."""
+    model = Transformer(tiny_config()).eval()
+    pe = paper_sinusoids(40, D)
+    ids = torch.randint(4, 37, (B, S))
+    for embed, offset in (
+        (model.encoder.embed, 0),
+        (model.decoder.embed, 0),
+        (model.decoder.embed, 29),
+    ):
+        with torch.no_grad():
+            positions = embed(ids, offset) - embed.token.weight[ids] * math.sqrt(D)
+        expected = pe[offset : offset + S].expand(B, S, D)
+        torch.testing.assert_close(positions, expected, rtol=0, atol=1e-5)
+    halves = torch.cat([pe[:, 0::2], pe[:, 1::2]], dim=1)
+    with torch.no_grad():
+        positions = model.encoder.embed(ids) - model.encoder.embed.token.weight[ids] * math.sqrt(D)
+    assert not torch.allclose(positions[0], halves[:S], atol=1e-3)

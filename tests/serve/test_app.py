@@ -6,9 +6,9 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
 
+from tests.optional import require
 from transformer import Translator
 from transformer.modeldir import ModelDirError
 from transformer.serve.app import create_app
@@ -86,7 +86,7 @@ def test_readable_tokens() -> None:
 def test_ctranslate2_engine_translates_and_refuses_attention_with_a_422(
     copy_model_dir: Path, tmp_path: Path
 ) -> None:
-    pytest.importorskip("ctranslate2")
+    require("ctranslate2")
     from transformer.export import export_ctranslate2
 
     exported = export_ctranslate2(copy_model_dir, tmp_path / "ct2", "float32")

@@ -7,17 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlparse
 
-import pytest
-
+from tests.optional import require, require_executable
 from tests.serve.conftest import ServerProcess
 from transformer import Translator
 
-CHROMIUM = Path("/usr/bin/chromium")
-
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(),
-    reason="/usr/bin/chromium is missing (scripts/install_browser.sh installs it; make test runs it)",
-)
+# Skipped without them, failed in strict mode (CI): `make test` installs both.
+CHROMIUM = require_executable("/usr/bin/chromium")
+sync_api = require("playwright.sync_api")
 
 # Distinct colours of the heat map, counted in the page (a blank or one-colour canvas has <= 2).
 COUNT_COLOURS = """(canvas) => {
@@ -34,7 +30,6 @@ CANVAS_PIXELS = """(canvas) => Array.from(
 def test_translate_and_see_the_attention(
     server: ServerProcess, copy_model_dir: Path, tmp_path: Path
 ) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api")
     text = "Zwei Männer spielen Fußball."
     expected = Translator.from_pretrained(copy_model_dir).translate([text])[0]
     host = urlparse(server.url).netloc
