@@ -2,8 +2,7 @@
 
 from transformer.config import ConfigError, ModelConfig
 from transformer.model import DecoderCache, Transformer
-
-__version__ = "0.1.0"
+from transformer.version import __version__
 
 __all__ = [
     "ConfigError",

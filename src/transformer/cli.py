@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from transformer import __version__
+from transformer.version import __version__
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {

@@ -66,6 +66,12 @@ def _describe(annotation: Any) -> str:
 # ----------------------------------------------------------------------- declared field limits
 
 
+def format_number(value: float) -> str:
+    """A bound or value as a user reads it: an int in full (2**63 - 1 stays exact), a float
+    in its shortest form (10.0 -> "10", 0.6 -> "0.6")."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
 @dataclass(frozen=True)
 class Limits:
     """The bounds of one numeric field (any of >=, >, <=, <); None values are not checked."""
@@ -78,25 +84,29 @@ class Limits:
     def describe(self) -> str:
         """The allowed range in words: "in [0, 1)", ">= 1", "> 0"."""
         lo = (
-            f"[{self.ge:g}"
+            f"[{format_number(self.ge)}"
             if self.ge is not None
-            else f"({self.gt:g}"
+            else f"({format_number(self.gt)}"
             if self.gt is not None
             else None
         )
         hi = (
-            f"{self.le:g}]"
+            f"{format_number(self.le)}]"
             if self.le is not None
-            else f"{self.lt:g})"
+            else f"{format_number(self.lt)})"
             if self.lt is not None
             else None
         )
         if lo and hi:
             return f"in {lo}, {hi}"
         if lo:
-            return f">= {self.ge:g}" if self.ge is not None else f"> {self.gt:g}"
+            if self.ge is not None:
+                return f">= {format_number(self.ge)}"
+            return f"> {format_number(self.gt)}"
         if hi:
-            return f"<= {self.le:g}" if self.le is not None else f"< {self.lt:g}"
+            if self.le is not None:
+                return f"<= {format_number(self.le)}"
+            return f"< {format_number(self.lt)}"
         return "any value"
 
     def allows(self, value: float) -> bool:
@@ -116,15 +126,20 @@ def setting(
     gt: float | None = None,
     le: float | None = None,
     lt: float | None = None,
+    check: Callable[[Any], str | None] | None = None,
     default_factory: Any = dataclasses.MISSING,
     **metadata: Any,
 ) -> Any:
     """A dataclass field with its help text and declared limits (checked by `field_problems`).
 
+    `check(value)` is a rule of this one field that bounds cannot say (a required string): it
+    returns what is wrong, or None; it runs only on a value of the right type within its limits.
     Extra keyword metadata is kept for whoever derives something from the field (a CLI flag, a
     request model).
     """
     limits = Limits(ge, gt, le, lt) if (ge, gt, le, lt) != (None, None, None, None) else None
+    if check is not None:
+        metadata["check"] = check
     return dataclasses.field(
         default=default,
         default_factory=default_factory,
@@ -137,8 +152,9 @@ def field_limits(f: dataclasses.Field) -> Limits | None:
 
 
 def field_problems(instance: Any) -> list[str]:
-    """Every field of a dataclass instance whose value has the wrong type or is out of its
-    declared limits, as "name: what is wrong" (the form ConfigError lists)."""
+    """Every field of a dataclass instance whose value has the wrong type, is out of its
+    declared limits or fails its own `check`, as "name: what is wrong" (the form ConfigError
+    lists)."""
     hints = typing.get_type_hints(type(instance))
     problems = []
     for f in dataclasses.fields(instance):
@@ -152,6 +168,11 @@ def field_problems(instance: Any) -> list[str]:
         limits = field_limits(f)
         if limits is not None and value is not None and not limits.allows(value):
             problems.append(f"{f.name}: must be {limits.describe()}, got {value!r}")
+            continue
+        check = f.metadata.get("check")
+        problem = check(value) if check is not None else None
+        if problem:
+            problems.append(f"{f.name}: {problem}")
     return problems
 
 
@@ -208,25 +229,25 @@ class ModelConfig:
     `d_k` and `d_v` default to `d_model // n_heads` but may be set independently (Table 3 rows A-C).
     """
 
-    vocab_size: int
-    d_model: int = 512
-    n_heads: int = 8
-    d_k: int | None = None
-    d_v: int | None = None
-    d_ff: int = 2048
-    n_encoder_layers: int = 6
-    n_decoder_layers: int = 6
-    dropout: float = 0.1
+    vocab_size: int = setting(ge=1)
+    d_model: int = setting(512, ge=1)
+    n_heads: int = setting(8, ge=1)
+    d_k: int | None = setting(None, ge=1)
+    d_v: int | None = setting(None, ge=1)
+    d_ff: int = setting(2048, ge=1)
+    n_encoder_layers: int = setting(6, ge=1)
+    n_decoder_layers: int = setting(6, ge=1)
+    dropout: float = setting(0.1, ge=0.0, lt=1.0)
     # Dropout on the attention weights. Not in the paper (0 keeps it paper-exact); offered because
     # later recipes (tensor2tensor v2, fairseq) use it on small data sets.
-    attention_dropout: float = 0.0
+    attention_dropout: float = setting(0.0, ge=0.0, lt=1.0)
     norm_position: NormPosition = "post"
     positional: Positional = "sinusoidal"
     # One matrix for source embedding, target embedding and pre-softmax projection (the paper).
     share_embeddings: bool = True
     # Sinusoids: initial table size (extended on demand). Learned: the hard maximum length.
-    max_positions: int = 1024
-    layer_norm_eps: float = 1e-5
+    max_positions: int = setting(1024, ge=1)
+    layer_norm_eps: float = setting(1e-5, gt=0.0)
     # Ablations for `transformer study questions` ("why is it built this way?"). Off by default,
     # and free when off: each is one branch taken at construction or a constant passed to the
     # attention kernel. scale_attention=False drops the 1/sqrt(d_k) of scaled dot-product
@@ -236,62 +257,20 @@ class ModelConfig:
     shared_query_key: bool = False
 
     def __post_init__(self) -> None:
-        problems = []
-
-        def positive(name: str) -> None:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                problems.append(f"{name}: must be a positive integer, got {value!r}")
-
-        for name in (
-            "vocab_size",
-            "d_model",
-            "n_heads",
-            "d_ff",
-            "n_encoder_layers",
-            "n_decoder_layers",
-            "max_positions",
-        ):
-            positive(name)
-        for name in ("d_k", "d_v"):
-            if getattr(self, name) is not None:
-                positive(name)
-        for name in ("dropout", "attention_dropout"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or not 0.0 <= value < 1.0:
-                problems.append(f"{name}: must be a probability in [0, 1), got {value!r}")
-        if self.norm_position not in ("post", "pre"):
-            problems.append(f"norm_position: must be 'post' or 'pre', got {self.norm_position!r}")
-        if self.positional not in ("sinusoidal", "learned", "none"):
-            problems.append(
-                f"positional: must be 'sinusoidal', 'learned' or 'none', got {self.positional!r}"
-            )
-        for name in ("share_embeddings", "scale_attention", "shared_query_key"):
-            if not isinstance(getattr(self, name), bool):
-                problems.append(f"{name}: must be true or false, got {getattr(self, name)!r}")
-        if not (isinstance(self.layer_norm_eps, float) and self.layer_norm_eps > 0):
-            problems.append(
-                f"layer_norm_eps: must be a positive float, got {self.layer_norm_eps!r}"
-            )
-        heads_ok = isinstance(self.n_heads, int) and self.n_heads >= 1
-        if (
-            heads_ok
-            and isinstance(self.d_model, int)
-            and self.d_model >= 1
-            and (self.d_k is None or self.d_v is None)
-            and self.d_model % self.n_heads != 0
-        ):
-            problems.append(
-                f"d_model: {self.d_model} is not divisible by n_heads={self.n_heads}; "
-                "set d_k and d_v explicitly or choose a divisible d_model"
-            )
-        if problems:
-            raise ConfigError("ModelConfig", problems)
+        check_fields(self, "ModelConfig", self._head_problems)
         # Resolve the per-head sizes so that every consumer sees concrete numbers.
         if self.d_k is None:
             object.__setattr__(self, "d_k", self.d_model // self.n_heads)
         if self.d_v is None:
             object.__setattr__(self, "d_v", self.d_model // self.n_heads)
+
+    def _head_problems(self) -> list[str]:
+        if (self.d_k is None or self.d_v is None) and self.d_model % self.n_heads != 0:
+            return [
+                f"d_model: {self.d_model} is not divisible by n_heads={self.n_heads}; "
+                "set d_k and d_v explicitly or choose a divisible d_model"
+            ]
+        return []
 
     @classmethod
     def base(cls, vocab_size: int, **overrides: Any) -> ModelConfig:

@@ -2,18 +2,23 @@
 
 Every writer here writes into a temporary sibling, flushes and fsyncs it, renames it over the
 target (atomic on POSIX) and fsyncs the parent directory so that the rename itself survives a
-power cut.
+power cut. Directories (a model directory, a checkpoint, a prepared data set, an export) are all
+written through `atomic_directory`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
+
+# What `atomic_directory` puts between a directory's name and the random part of its temporary one.
+_UNFINISHED = ".tmp-"
 
 
 def fsync_dir(directory: Path | str) -> None:
@@ -89,6 +94,40 @@ def replace_dir(tmp: Path, out: Path) -> None:
     fsync_dir(out.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_directory(out: Path | str) -> Iterator[Path]:
+    """Write the directory `out` atomically: fill the empty temporary directory this yields.
+
+    When the block ends normally, every file in it is fsynced and it replaces `out` (an existing
+    `out` is moved aside, then removed; an empty one is simply replaced). When the block raises,
+    or the process is interrupted, the temporary directory is removed and `out` is left as it
+    was. The directory gets the usual permissions (0777 less the umask) rather than the private
+    ones `tempfile` gives. Its name, `.NAME.tmp-XXXX` beside `out`, is what
+    `unfinished_directories` finds after a crash.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}{_UNFINISHED}"))
+    try:
+        os.chmod(tmp, 0o777 & ~current_umask())
+        yield tmp
+        fsync_tree(tmp)
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def unfinished_directories(parent: Path | str, name_pattern: str = "*") -> list[Path]:
+    """The temporary directories that `atomic_directory` writes for outputs in `parent` whose
+    name matches `name_pattern` and that a killed process left behind (safe to delete once no
+    writer runs)."""
+    parent = Path(parent)
+    if not parent.is_dir():
+        return []
+    return sorted(p for p in parent.glob(f".{name_pattern}{_UNFINISHED}*") if p.is_dir())
 
 
 def current_umask() -> int:

@@ -13,8 +13,6 @@ renamed into place, so a crash never leaves a half-written model.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -23,7 +21,7 @@ from safetensors.torch import load_model, save_model
 
 from transformer.config import ConfigError, ModelConfig
 from transformer.data.tokenizer import SubwordTokenizer
-from transformer.io import fsync_tree, replace_dir
+from transformer.io import atomic_directory
 from transformer.model import Transformer
 
 CONFIG_FILE = "config.json"
@@ -57,16 +55,8 @@ def save_model_dir(directory: Path | str, model: Transformer, tokenizer: Subword
             f"the model's vocab_size {model.config.vocab_size} differs from the tokenizer's "
             f"{tokenizer.vocab_size}"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+    with atomic_directory(out) as tmp:
         write_model_files(tmp, model, tokenizer)
-        fsync_tree(tmp)
-        tmp.chmod(0o755)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

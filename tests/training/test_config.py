@@ -9,8 +9,8 @@ import yaml
 
 from tests.training.conftest import REPO, micro_config, write_config
 from transformer.config import ConfigError
-from transformer.training.cli import prepare_run_dir
 from transformer.training.config import load_config, parse_config
+from transformer.training.rundir import prepare_run_dir
 
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
@@ -74,3 +74,40 @@ def test_a_run_directory_refuses_a_changed_recipe_but_accepts_a_longer_run(tmp_p
     other = parse_config(micro_config(tmp_path, optim={"warmup": 99}), where="c")
     with pytest.raises(ConfigError, match=r"optim.warmup: 10 -> 99"):
         prepare_run_dir(other, tmp_path / "run")
+
+
+def test_every_value_out_of_its_limits_is_named_with_the_limit(tmp_path: Path) -> None:
+    config = micro_config(
+        tmp_path,
+        model={"dropout": 1.0, "n_heads": 0},
+        data={"dir": "", "max_tokens": 0, "num_workers": -1},
+        optim={"beta2": 1.0, "eps": 0, "label_smoothing": -0.1, "update_freq": 0},
+        train={"keep_last": 0, "max_minutes": -1.0, "valid_beam": 0, "save_every": -1},
+    )
+    with pytest.raises(ConfigError) as e:
+        parse_config(config, where="x.yaml")
+    assert sorted(e.value.problems) == [
+        "data.dir: required (a directory written by `transformer prepare`)",
+        "data.max_tokens: must be >= 1, got 0",
+        "data.num_workers: must be >= 0, got -1",
+        "model.dropout: must be in [0, 1), got 1.0",
+        "model.n_heads: must be >= 1, got 0",
+        "optim.beta2: must be in [0, 1), got 1.0",
+        "optim.eps: must be > 0, got 0.0",
+        "optim.label_smoothing: must be in [0, 1), got -0.1",
+        "optim.update_freq: must be >= 1, got 0",
+        "train.keep_last: must be >= 1, got 0",
+        "train.max_minutes: must be >= 0, got -1.0",
+        "train.save_every: must be >= 0, got -1",
+        "train.valid_beam: must be >= 1, got 0",
+    ]
+
+
+def test_the_model_sections_cross_field_rule_runs_once_its_fields_are_valid(
+    tmp_path: Path,
+) -> None:
+    indivisible = micro_config(tmp_path, model={"d_model": 30, "n_heads": 4})
+    with pytest.raises(ConfigError, match=r"model\.d_model: 30 is not divisible by n_heads=4"):
+        parse_config(indivisible, where="x.yaml")
+    explicit = micro_config(tmp_path, model={"d_model": 30, "n_heads": 4, "d_k": 8, "d_v": 8})
+    assert parse_config(explicit, where="x.yaml").model_config(vocab_size=8).d_k == 8

@@ -30,11 +30,9 @@ import itertools
 import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -51,7 +49,7 @@ from transformer.data.textfiles import (
     resolve_prefix,
 )
 from transformer.data.tokenizer import MIN_VOCAB_SIZE, SubwordTokenizer
-from transformer.io import current_umask, replace_dir
+from transformer.io import atomic_directory
 
 FILTER_REASONS = ("empty", "too_long", "ratio")
 
@@ -104,10 +102,7 @@ def prepare(
         raise DataError(f"{checked[0].src}: the training set is empty")
 
     created = _missing_ancestors(out.parent)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
-        os.chmod(tmp, 0o777 & ~current_umask())
+    with _removed_on_failure(created), atomic_directory(out) as tmp:
         if tokenizer is not None:
             tok = SubwordTokenizer.from_file(tokenizer)
             if vocab_size is not None and vocab_size != tok.vocab_size:
@@ -170,15 +165,6 @@ def prepare(
             "splits": split_info,
         }
         _write_json(tmp / MANIFEST, manifest)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for d in created:
-            try:
-                d.rmdir()
-            except OSError:
-                break
-        raise
     say(f"wrote {out} in {time.perf_counter() - started:.1f} s")
     return manifest
 
@@ -280,6 +266,20 @@ def _missing_ancestors(path: Path) -> list[Path]:
         missing.append(path)
         path = path.parent
     return missing
+
+
+@contextlib.contextmanager
+def _removed_on_failure(created: list[Path]) -> Iterator[None]:
+    """Remove the directories `created` for the output (innermost first) if the block fails."""
+    try:
+        yield
+    except BaseException:
+        for d in created:
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
 
 
 # ---------------------------------------------------------------------------------- encoding

@@ -17,8 +17,6 @@ cannot smuggle an end-of-sentence into the data.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -26,7 +24,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 
 from transformer.data.errors import DataError
 from transformer.data.textfiles import read_lines
-from transformer.io import current_umask
+from transformer.io import atomic_write_text
 from transformer.vocab import SPECIAL_TOKENS
 
 # 4 special tokens + the 256 byte symbols: the smallest vocabulary that can encode everything.
@@ -99,19 +97,7 @@ class SubwordTokenizer:
 
     def save(self, path: Path | str) -> None:
         """Write tokenizer.json atomically (temporary file + rename): never a half-written file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.to_json())
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o666 & ~current_umask())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(path, self.to_json())
 
     def to_json(self) -> str:
         """The serialised tokenizer (the exact content `save` writes)."""

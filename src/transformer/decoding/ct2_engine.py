@@ -73,19 +73,15 @@ import torch
 from torch import Tensor
 
 from transformer.config import ConfigError
+from transformer.ct2_format import CT2_WEIGHTS_FILE, EXPORT_FILE, INSTALL_HINT, VOCABULARY_FILE
 from transformer.data.tokenizer import SubwordTokenizer
-from transformer.decoding.generate import Generated, SearchSettings
+from transformer.decoding.generate import Generated
+from transformer.decoding.options import DecodeOptions
 from transformer.decoding.search import normalise
-from transformer.export.ct2 import (
-    CT2_WEIGHTS_FILE,
-    EXPORT_FILE,
-    INSTALL_HINT,
-)
 from transformer.model import Transformer
 from transformer.modeldir import TOKENIZER_FILE, WEIGHTS_FILE, ModelDirError
 from transformer.vocab import BOS, EOS_ID, PAD, PAD_ID
 
-VOCABULARY_FILE = "shared_vocabulary.json"
 # Beam search collects round(beam x patience) finished hypotheses before it may stop (module doc):
 # 1.5 (6 for beam 4) gave the torch engine's n-best lists on the copy model where 1.0 did not.
 DEFAULT_PATIENCE = 1.5
@@ -226,7 +222,7 @@ class CTranslate2Engine:
 
     # ----------------------------------------------------------------------------- options
 
-    def problems(self, settings: SearchSettings, attention: bool) -> list[str]:
+    def problems(self, settings: DecodeOptions, attention: bool) -> list[str]:
         problems = []
         if attention:
             problems.append(
@@ -244,7 +240,7 @@ class CTranslate2Engine:
         """CTranslate2's number of finished hypotheses to collect: round(beam * patience)."""
         return max(1, math.floor(beam * self.patience + 0.5))
 
-    def _options(self, settings: SearchSettings) -> dict:
+    def _options(self, settings: DecodeOptions) -> dict:
         """translate_batch keyword arguments, but the lengths (set per call)."""
         options = dict(
             max_batch_size=CPU_SUB_BATCH if self._device == "cpu" else 0,
@@ -280,7 +276,7 @@ class CTranslate2Engine:
         translator,
         sources: list[list[str]],
         limit: int,
-        settings: SearchSettings,
+        settings: DecodeOptions,
         options: dict,
     ) -> list[list[Hyp]]:
         """Decode with hypotheses of at most `limit` tokens before the EOS."""
@@ -300,7 +296,7 @@ class CTranslate2Engine:
         ]
 
     def generate(
-        self, sources: list[list[int]], max_len: Tensor, settings: SearchSettings
+        self, sources: list[list[int]], max_len: Tensor, settings: DecodeOptions
     ) -> Generated:
         """Decode N sources (subword ids + EOS); max_len (N,) tokens before the EOS."""
         limits = [int(x) for x in max_len.tolist()]
@@ -334,7 +330,7 @@ class CTranslate2Engine:
         src: list[list[str]],
         hyps: list[list[Hyp]],
         limits: list[int],
-        settings: SearchSettings,
+        settings: DecodeOptions,
     ) -> None:
         """In place: hypotheses stopped by the length limit (no EOS) become their first
         max_len tokens + EOS, scored by one teacher-forced pass, as ours force EOS there (with
@@ -358,7 +354,7 @@ class CTranslate2Engine:
             eos = log_probs[len(target)] if settings.min_len <= limits[i] else 0.0
             hyps[i][j] = ([*target, EOS_ID], float(sum(log_probs[: len(target)]) + eos))
 
-    def _rank(self, hyps: list[list[Hyp]], settings: SearchSettings) -> Generated:
+    def _rank(self, hyps: list[list[Hyp]], settings: DecodeOptions) -> Generated:
         """Our ranking of each sentence's hypotheses (duplicates merged for beam search)."""
         f = 1 if settings.method == "greedy" else settings.nbest
         n = len(hyps)

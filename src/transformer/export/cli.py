@@ -17,7 +17,7 @@ FORMATS = ("ctranslate2",)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from transformer.export.ct2 import QUANTIZATIONS
+    from transformer.ct2_format import QUANTIZATIONS
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n\n", 1)[1]

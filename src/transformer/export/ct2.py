@@ -1,12 +1,8 @@
 """Conversion of a model directory into a CTranslate2 model directory (`transformer export`).
 
-    OUT_DIR/
-      model.bin                # CTranslate2 weights (a TransformerSpec), quantized as asked
-      config.json              # CTranslate2's own configuration (special tokens, LayerNorm epsilon)
-      shared_vocabulary.json   # the tokens in id order (CTranslate2 takes token strings)
-      tokenizer.json           # our tokenizer, copied
-      transformer_config.json  # our config.json, copied (metadata: what was exported)
-      export.json              # how: quantization, position table size, versions
+The directory written (model.bin, config.json, shared_vocabulary.json, tokenizer.json,
+transformer_config.json, export.json) is described in `transformer.ct2_format`, whose names the
+engine reads too.
 
 How our Transformer maps onto CTranslate2's `TransformerSpec` (checked against the ctranslate2 4.x
 sources: specs/transformer_spec.py, src/layers/{transformer,attention_layer,common}.cc):
@@ -37,17 +33,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from transformer import __version__
 from transformer.config import ModelConfig
+from transformer.ct2_format import EXPORT_FILE, INSTALL_HINT, QUANTIZATIONS, SOURCE_CONFIG_FILE
 from transformer.data.tokenizer import SubwordTokenizer
-from transformer.io import current_umask, fsync_tree, replace_dir
+from transformer.io import atomic_directory
 from transformer.model import Transformer
 from transformer.model.attention import MultiHeadAttention
 from transformer.model.embeddings import sinusoid_table
@@ -58,20 +53,11 @@ from transformer.modeldir import (
     load_model_config,
     load_model_dir,
 )
+from transformer.version import __version__
 from transformer.vocab import BOS, EOS, UNK
 
-CT2_WEIGHTS_FILE = "model.bin"
-CT2_CONFIG_FILE = "config.json"
-SOURCE_CONFIG_FILE = "transformer_config.json"
-EXPORT_FILE = "export.json"
-
-# Weight types offered by `transformer export --quantization`: int8 (weights int8, other math
-# float32 on CPU), int8_float32 (the same, explicitly), int16, float16 (GPU), float32.
-QUANTIZATIONS = ("int8", "int8_float32", "int16", "float16", "float32")
 # Sinusoids have no inherent limit, but CTranslate2 needs a finite table: at least this many rows.
 MIN_SINUSOID_POSITIONS = 1024
-
-INSTALL_HINT = "install it with `pip install '.[fast]'` (or `make setup`)"
 
 
 class ExportError(ValueError):
@@ -300,9 +286,7 @@ def export_ctranslate2(
     spec.validate()
     spec.optimize(quantization=quantization)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+    with atomic_directory(out) as tmp:
         spec.save(str(tmp))  # model.bin, config.json, shared_vocabulary.json
         shutil.copyfile(model_dir / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
         shutil.copyfile(model_dir / CONFIG_FILE, tmp / SOURCE_CONFIG_FILE)
@@ -316,10 +300,4 @@ def export_ctranslate2(
             "transformer_version": __version__,
         }
         (tmp / EXPORT_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        fsync_tree(tmp)
-        tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it private
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from transformer.config import ConfigError
+from transformer.config import check_fields, setting
 
 
 @dataclass(frozen=True)
@@ -21,27 +21,23 @@ class ServeSettings:
     """
 
     batching: bool = True
-    max_batch_tokens: int = 4096
-    max_wait_ms: float = 5.0
-    max_texts: int = 64
-    max_chars: int = 1000
-    max_beam: int = 16
-    max_pending: int = 1024
+    max_batch_tokens: int = setting(4096, ge=0)
+    max_wait_ms: float = setting(5.0, ge=0.0)
+    max_texts: int = setting(64, ge=1)
+    max_chars: int = setting(1000, ge=1)
+    max_beam: int = setting(16, ge=1)
+    max_pending: int = setting(1024, ge=1)
 
     def __post_init__(self) -> None:
-        problems = []
-        for name in ("max_texts", "max_chars", "max_beam", "max_pending"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name}: must be at least 1, got {getattr(self, name)}")
-        if self.max_batch_tokens < (1 if self.batching else 0):
-            problems.append(
-                f"max_batch_tokens: must be at least 1 with batching on (0 turns it off), "
+        check_fields(self, "server settings", self._batching_problems)
+
+    def _batching_problems(self) -> list[str]:
+        if self.batching and self.max_batch_tokens < 1:
+            return [
+                "max_batch_tokens: must be at least 1 with batching on (0 turns it off), "
                 f"got {self.max_batch_tokens}"
-            )
-        if not self.max_wait_ms >= 0:
-            problems.append(f"max_wait_ms: must be >= 0, got {self.max_wait_ms}")
-        if problems:
-            raise ConfigError("server settings", problems)
+            ]
+        return []
 
     @property
     def max_body_bytes(self) -> int:

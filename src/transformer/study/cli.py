@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "decision reversed per row",
     )
     parser.add_argument("--config", required=True, metavar="CONFIG.yaml", help="the base config")
-    from transformer.training.cli import add_override_argument
+    from transformer.training.config import add_override_argument
 
     add_override_argument(parser)  # of the base config
     parser.add_argument(

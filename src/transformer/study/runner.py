@@ -116,7 +116,7 @@ def train_row(
     row: Row, config: RunConfig, row_dir: Path, log: Callable[[str], None]
 ) -> dict[str, Any]:
     """Train one row (resuming if it was interrupted) and return its result (also written)."""
-    from transformer.training.cli import prepare_run_dir
+    from transformer.training.rundir import prepare_run_dir
     from transformer.training.trainer import METRICS, Trainer
 
     prepare_run_dir(config, row_dir)  # refuses a directory trained with another recipe

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 
 from transformer.data.textfiles import file_sha256
 from transformer.data.tokenizer import SubwordTokenizer
-from transformer.io import fsync_tree, replace_dir
+from transformer.io import atomic_directory, unfinished_directories
 from transformer.model import Transformer
 from transformer.modeldir import write_model_files
 
@@ -70,20 +69,12 @@ def save_checkpoint(
 ) -> Path:
     """Write the checkpoint of update `step` atomically and delete all but the newest `keep_last`."""
     out = checkpoint_dir(Path(run_dir), step)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+    with atomic_directory(out) as tmp:
         write_model_files(tmp, model, tokenizer)
         torch.save(trainer_state, tmp / TRAINER_STATE)
         (tmp / RUN_CONFIG).write_text(json.dumps(run_config, indent=2) + "\n", encoding="utf-8")
         sums = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
         (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=2) + "\n", encoding="utf-8")
-        fsync_tree(tmp)
-        tmp.chmod(0o755)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for _, old in list_checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return out
@@ -91,10 +82,8 @@ def save_checkpoint(
 
 def remove_unfinished_checkpoints(run_dir: Path | str) -> None:
     """Delete temporary directories left by a checkpoint write that a crash interrupted."""
-    root = Path(run_dir) / CHECKPOINTS
-    if root.is_dir():
-        for p in root.glob(".step_*.tmp-*"):
-            shutil.rmtree(p, ignore_errors=True)
+    for p in unfinished_directories(Path(run_dir) / CHECKPOINTS, "step_*"):
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def verify_checkpoint(path: Path) -> None:

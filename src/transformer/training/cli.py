@@ -9,23 +9,14 @@ would no longer be the one its checkpoints belong to.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
 from transformer.config import ConfigError
 from transformer.data.errors import DataError
-from transformer.io import atomic_write_json
-from transformer.training.config import (
-    RESUMABLE_CHANGES,
-    RunConfig,
-    config_changes,
-    load_config,
-    parse_config,
-)
-
-RUN_CONFIG = "config.json"
+from transformer.training.config import add_override_argument, load_config
+from transformer.training.rundir import prepare_run_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,38 +29,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="where checkpoints, metrics and the best model go (default: runs/<config name>)",
     )
-
-
-def add_override_argument(parser: argparse.ArgumentParser) -> None:
-    """--set SECTION.KEY=VALUE (repeatable): override one value of a YAML config."""
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one config value, e.g. --set train.max_updates=500 (repeatable)",
-    )
-
-
-def prepare_run_dir(config: RunConfig, run_dir: Path, write: bool = True) -> None:
-    """Check the config against the one a run directory recorded, then record it (if `write`)."""
-    path = run_dir / RUN_CONFIG
-    if path.is_file():
-        try:
-            saved = parse_config(json.loads(path.read_text(encoding="utf-8")), where=str(path))
-        except (ValueError, ConfigError) as e:
-            raise ConfigError(str(path), [f"cannot read the run's recorded config: {e}"]) from None
-        changes = config_changes(saved, config)
-        fixed = [c for c in changes if c.split(":")[0] not in RESUMABLE_CHANGES]
-        if fixed:
-            raise ConfigError(
-                f"{run_dir} (the run was started with another config; use a new --run-dir to "
-                "start a new run)",
-                fixed,
-            )
-    if write:
-        atomic_write_json(path, config.to_dict())
 
 
 def run(args: argparse.Namespace) -> int:

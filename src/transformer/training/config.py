@@ -11,6 +11,7 @@ comes from the file or from `--set section.key=value`.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,87 +19,70 @@ from typing import Any, Literal
 
 import yaml
 
-from transformer.config import ConfigError, ModelConfig, from_dict, to_dict
+from transformer.config import (
+    ConfigError,
+    ModelConfig,
+    check_fields,
+    from_dict,
+    setting,
+    to_dict,
+)
 
 Precision = Literal["fp32", "bf16", "fp16"]
 Device = Literal["auto", "cpu", "cuda"]
 BestMetric = Literal["bleu", "loss"]
 
 
+def _required_data_dir(value: str) -> str | None:
+    return None if value else "required (a directory written by `transformer prepare`)"
+
+
 @dataclass(frozen=True)
 class DataConfig:
     # Directory written by `transformer prepare` (manifest.json, tokenizer.json, binarized splits).
-    dir: str = ""
+    dir: str = setting("", check=_required_data_dir)
     # Padded tokens per batch and side, per process (the paper: ~25,000 per update in total).
-    max_tokens: int = 4096
+    max_tokens: int = setting(4096, ge=1)
     # Split used for validation loss, perplexity and BLEU.
     valid_split: str = "valid"
     # Padded tokens per validation batch (no gradients, so larger batches fit).
-    valid_max_tokens: int = 8192
+    valid_max_tokens: int = setting(8192, ge=1)
     # DataLoader worker processes (0 = collate in the training process; best on few CPU cores).
-    num_workers: int = 0
+    num_workers: int = setting(0, ge=0)
 
     def __post_init__(self) -> None:
-        problems = []
-        if not self.dir:
-            problems.append("dir: required (a directory written by `transformer prepare`)")
-        for name in ("max_tokens", "valid_max_tokens"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name}: must be >= 1, got {getattr(self, name)}")
-        if self.num_workers < 0:
-            problems.append(f"num_workers: must be >= 0, got {self.num_workers}")
-        if problems:
-            raise ConfigError("data config", problems)
+        check_fields(self, "data config")
 
 
 @dataclass(frozen=True)
 class OptimConfig:
     # Adam (paper §5.3): beta1 0.9, beta2 0.98, epsilon 1e-9.
-    beta1: float = 0.9
-    beta2: float = 0.98
-    eps: float = 1e-9
-    weight_decay: float = 0.0
+    beta1: float = setting(0.9, ge=0.0, lt=1.0)
+    beta2: float = setting(0.98, ge=0.0, lt=1.0)
+    eps: float = setting(1e-9, gt=0.0)
+    weight_decay: float = setting(0.0, ge=0.0)
     # lr = lr_factor * d_model^-0.5 * min(step^-0.5, step * warmup^-1.5), step = optimizer updates.
-    lr_factor: float = 1.0
-    warmup: int = 4000
+    lr_factor: float = setting(1.0, gt=0.0)
+    warmup: int = setting(4000, ge=1)
     # Label smoothing epsilon_ls (paper §5.4).
-    label_smoothing: float = 0.1
+    label_smoothing: float = setting(0.1, ge=0.0, lt=1.0)
     # Accumulate gradients over this many batches per update (reach ~25k tokens on small hardware).
-    update_freq: int = 1
+    update_freq: int = setting(1, ge=1)
     # Clip the gradient norm to this value; 0 turns clipping off (the paper does not clip).
-    clip_norm: float = 0.0
+    clip_norm: float = setting(0.0, ge=0.0)
 
     def __post_init__(self) -> None:
-        problems = []
-        for name in ("beta1", "beta2"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                problems.append(f"{name}: must be in [0, 1), got {getattr(self, name)}")
-        if self.eps <= 0:
-            problems.append(f"eps: must be > 0, got {self.eps}")
-        if self.weight_decay < 0:
-            problems.append(f"weight_decay: must be >= 0, got {self.weight_decay}")
-        if self.lr_factor <= 0:
-            problems.append(f"lr_factor: must be > 0, got {self.lr_factor}")
-        if self.warmup < 1:
-            problems.append(f"warmup: must be >= 1, got {self.warmup}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            problems.append(f"label_smoothing: must be in [0, 1), got {self.label_smoothing}")
-        if self.update_freq < 1:
-            problems.append(f"update_freq: must be >= 1, got {self.update_freq}")
-        if self.clip_norm < 0:
-            problems.append(f"clip_norm: must be >= 0, got {self.clip_norm}")
-        if problems:
-            raise ConfigError("optim config", problems)
+        check_fields(self, "optim config")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     # Stop after this many optimizer updates (the paper: 100,000 base, 300,000 big).
-    max_updates: int = 100_000
+    max_updates: int = setting(100_000, ge=1)
     # Also stop after this many epochs (0 = no limit).
-    max_epochs: int = 0
+    max_epochs: int = setting(0, ge=0)
     # Also stop after this many minutes of training, summed over resumed runs (0 = no limit).
-    max_minutes: float = 0.0
+    max_minutes: float = setting(0.0, ge=0.0)
     seed: int = 1
     device: Device = "auto"
     # fp32; bf16 autocast (CPU and CUDA); fp16 autocast with a gradient scaler (CUDA only).
@@ -106,47 +90,31 @@ class TrainConfig:
     # torch.compile the model (the checkpoint always holds the plain, unwrapped module).
     compile: bool = False
     # Validate every N updates (and at the end); 0 = only at the end.
-    valid_every: int = 1000
+    valid_every: int = setting(1000, ge=0)
     # Compute validation BLEU besides loss and perplexity ...
     valid_bleu: bool = True
     # ... decoding with this beam size (GNMT length penalty, alpha 0.6); 1 = greedy (cheaper).
-    valid_beam: int = 4
+    valid_beam: int = setting(4, ge=1)
     # Decode at most this many validation sentences for BLEU (0 = all).
-    valid_bleu_sentences: int = 0
+    valid_bleu_sentences: int = setting(0, ge=0)
     # Keep the best model (by this metric) in RUN_DIR/best/.
     best_metric: BestMetric = "bleu"
     # Stop when the best metric has not improved for this many validations (0 = never).
-    patience: int = 0
+    patience: int = setting(0, ge=0)
     # Save a checkpoint every N updates and every M minutes (the paper: every 10 minutes).
-    save_every: int = 1000
-    save_every_minutes: float = 10.0
+    save_every: int = setting(1000, ge=0)
+    save_every_minutes: float = setting(10.0, ge=0.0)
     # Keep only the last K checkpoints (average them with `transformer average`).
-    keep_last: int = 5
+    keep_last: int = setting(5, ge=1)
     # Log training loss to the progress bar and metrics.jsonl every N updates.
-    log_every: int = 100
+    log_every: int = setting(100, ge=1)
     # Also write TensorBoard event files to RUN_DIR/tensorboard (needs the tensorboard package).
     tensorboard: bool = False
     # Show progress: a bar when stderr is a terminal, else a log line every log_every updates.
     progress: bool = True
 
     def __post_init__(self) -> None:
-        problems = []
-        for name in ("max_updates", "keep_last", "log_every", "valid_beam"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name}: must be >= 1, got {getattr(self, name)}")
-        for name in (
-            "max_epochs",
-            "max_minutes",
-            "valid_every",
-            "valid_bleu_sentences",
-            "patience",
-            "save_every",
-            "save_every_minutes",
-        ):
-            if getattr(self, name) < 0:
-                problems.append(f"{name}: must be >= 0, got {getattr(self, name)}")
-        if problems:
-            raise ConfigError("train config", problems)
+        check_fields(self, "train config")
 
 
 @dataclass(frozen=True)
@@ -235,6 +203,19 @@ def parse_config(data: Any, where: str) -> RunConfig:
     if problems:
         raise ConfigError(where, problems)
     return RunConfig(model=dict(model), **built)
+
+
+def add_override_argument(parser: argparse.ArgumentParser) -> None:
+    """--set SECTION.KEY=VALUE (repeatable): override one value of a YAML config (`load_config`
+    applies them)."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value, e.g. --set train.max_updates=500 (repeatable)",
+    )
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
