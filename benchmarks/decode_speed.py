@@ -38,7 +38,7 @@ import argparse
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -46,7 +46,7 @@ from torch import Tensor
 
 from _results import write_result
 from transformer.data.textfiles import read_lines
-from transformer.decoding import SearchSettings, generate, length_batches, max_output_lengths
+from transformer.decoding import DecodeOptions, generate, length_batches, max_output_lengths
 from transformer.model import Transformer, padding_mask
 from transformer.modeldir import load_model_dir
 from transformer.vocab import BOS_ID, EOS_ID, PAD_ID
@@ -139,11 +139,11 @@ def bench_method(
     uncached: bool,
 ) -> list[Row]:
     """Rows for one decoding method: ours, then (optionally) ours without cache and Marian."""
-    settings = SearchSettings(method=method, beam=beam, alpha=0.6)
+    settings = DecodeOptions(method=method, beam=beam, alpha=0.6)
     name = "greedy" if method == "greedy" else f"beam {beam}"
 
     def ours(batch: Batch, use_cache: bool = True):
-        s = settings if use_cache else SearchSettings(**{**asdict(settings), "use_cache": False})
+        s = settings if use_cache else replace(settings, use_cache=False)
         return generate([model], batch.src, batch.max_len, s)
 
     seconds, outs = timed(ours, batches)

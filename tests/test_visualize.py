@@ -159,3 +159,12 @@ def test_missing_model_directory_is_refused(tmp_path, capsys):
     assert err.startswith("transformer visualize: ")
     assert str(missing) in err and "not a directory" in err
     assert not out.exists()
+
+
+def test_bad_decoding_options_are_named_before_loading(tmp_path, capsys):
+    missing, out = tmp_path / "no-such-model", tmp_path / "viz"
+    args = ["visualize", "--model", str(missing), "--text", TEXT, "--out", str(out)]
+    assert main([*args, "--beam", "2", "--nbest", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "nbest: must be <= beam (2) for beam search, got 3" in err
+    assert "not a directory" not in err and not out.exists()

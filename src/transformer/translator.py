@@ -5,6 +5,9 @@
     translator.translate(texts, method="greedy")
     best = translator.translate_nbest(texts, nbest=4, attention=True)
 
+The keyword options are the fields of `DecodeOptions` (declared in `transformer.decoding.options`,
+importable from here too); an unknown or invalid one raises ConfigError naming it.
+
 Several model directories (sharing one tokenizer) form an ensemble: their next-token
 log-probabilities are averaged at every step.
 
@@ -29,7 +32,6 @@ those of a learned-position model are.
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,97 +44,13 @@ from transformer.config import ConfigError
 from transformer.data.tokenizer import SubwordTokenizer
 from transformer.decoding.batching import length_batches
 from transformer.decoding.engine import ENGINES, Engine, TorchEngine, pad_ids
-from transformer.decoding.generate import SearchSettings, max_output_lengths
-from transformer.decoding.search import LENGTH_PENALTIES
+from transformer.decoding.generate import max_output_lengths
+from transformer.decoding.options import DecodeOptions
 from transformer.model import Transformer
 from transformer.modeldir import ModelDirError, load_model_dir
 from transformer.vocab import BOS_ID, EOS_ID, PAD_ID
 
-METHODS = ("beam", "greedy", "sample")
-
-
-@dataclass(frozen=True)
-class DecodeOptions:
-    """How to decode; the defaults are the paper's (beam 4, GNMT alpha 0.6, input + 50).
-
-    method: "beam", "greedy" or "sample". nbest: hypotheses returned per input (<= beam; for
-    sampling, the number of samples). length_penalty: "gnmt" ((5+|Y|)/6)^alpha, "power" |Y|^alpha
-    or "none". max_tokens / max_sentences: batch budget in padded source tokens / sentences.
-    use_cache=False recomputes the decoder over the whole prefix at every step (for comparison).
-    """
-
-    method: str = "beam"
-    beam: int = 4
-    alpha: float = 0.6
-    length_penalty: str = "gnmt"
-    max_len_a: float = 1.0
-    max_len_b: int = 50
-    min_len: int = 0
-    no_repeat_ngram: int = 0
-    nbest: int = 1
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int | None = None
-    max_tokens: int = 4096
-    max_sentences: int = 256
-    use_cache: bool = True
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.method not in METHODS:
-            problems.append(f"method: must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.length_penalty not in LENGTH_PENALTIES:
-            problems.append(
-                f"length_penalty: must be one of {', '.join(LENGTH_PENALTIES)}, "
-                f"got {self.length_penalty!r}"
-            )
-        for name in ("beam", "nbest", "max_tokens", "max_sentences"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name}: must be at least 1, got {getattr(self, name)}")
-        for name in ("min_len", "no_repeat_ngram", "top_k", "max_len_b"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name}: must be >= 0, got {getattr(self, name)}")
-        if self.method == "beam" and self.nbest > self.beam:
-            problems.append(
-                f"nbest: must be <= beam ({self.beam}) for beam search, got {self.nbest}"
-            )
-        if self.max_len_a < 0:
-            problems.append(f"max_len_a: must be >= 0, got {self.max_len_a}")
-        if not self.temperature > 0:
-            problems.append(f"temperature: must be > 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            problems.append(f"top_p: must be in (0, 1], got {self.top_p}")
-        if problems:
-            raise ConfigError("decoding options", problems)
-
-    @classmethod
-    def from_kwargs(cls, options: dict) -> DecodeOptions:
-        """Build from keyword options, naming any unknown one."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ConfigError(
-                "decoding options",
-                [f"{name}: unknown option (known: {', '.join(sorted(known))})" for name in unknown],
-            )
-        return cls(**options)
-
-    def settings(self) -> SearchSettings:
-        return SearchSettings(
-            method=self.method,
-            beam=self.beam,
-            alpha=self.alpha,
-            length_penalty=self.length_penalty,
-            nbest=1 if self.method == "greedy" else self.nbest,
-            min_len=self.min_len,
-            no_repeat_ngram=self.no_repeat_ngram,
-            temperature=self.temperature,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            seed=self.seed,
-            use_cache=self.use_cache,
-        )
+__all__ = ["AttentionMaps", "DecodeOptions", "Hypothesis", "Translation", "Translator"]
 
 
 @dataclass
@@ -303,11 +221,10 @@ class Translator:
         `progress(n)` is called after each batch with the number of inputs it held.
         """
         opts = DecodeOptions.from_kwargs(options)
-        settings = opts.settings()
-        problems = self.engine.problems(settings, attention)
+        problems = self.engine.problems(opts, attention)
         if problems:
             raise ConfigError(f"decoding options for engine {self.engine.name}", problems)
-        n_hyps = settings.nbest
+        n_hyps = opts.n_hypotheses
         ids = self.tokenizer.encode_batch([str(t) for t in texts])
         truncated = [False] * len(texts)
         cap = self.max_source_subwords
@@ -328,9 +245,7 @@ class Translator:
         lengths = [len(ids[i]) + 1 for i in todo]
         for batch in length_batches(lengths, opts.max_tokens, opts.max_sentences):
             indices = [todo[j] for j in batch]
-            translations = self._translate_batch(
-                [ids[i] for i in indices], opts, settings, attention
-            )
+            translations = self._translate_batch([ids[i] for i in indices], opts, attention)
             for i, tr in zip(indices, translations):
                 tr.source, tr.truncated = str(texts[i]), truncated[i]
                 results[i] = tr
@@ -349,14 +264,13 @@ class Translator:
         self,
         batch: list[list[int]],
         opts: DecodeOptions,
-        settings: SearchSettings,
         attention: bool,
     ) -> list[Translation]:
         sources = [[*seq, EOS_ID] for seq in batch]
         src_lengths = torch.tensor([len(seq) for seq in batch])
         cap = None if self.max_positions is None else self.max_positions - 1
         max_len = max_output_lengths(src_lengths, opts.max_len_a, opts.max_len_b, cap)
-        out = self.engine.generate(sources, max_len, settings)
+        out = self.engine.generate(sources, max_len, opts)
         tokens = out.tokens.cpu().tolist()
         lengths = out.lengths.cpu().tolist()
         log_prob, score = out.log_prob.cpu().tolist(), out.score.cpu().tolist()

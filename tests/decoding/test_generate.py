@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.copy_model import copy_batch
-from transformer.decoding import SearchSettings, generate
+from transformer.decoding import DecodeOptions, generate
 from transformer.model import padding_mask
 from transformer.vocab import PAD_ID
 
@@ -24,7 +24,7 @@ def best(out, i: int, j: int = 0) -> list[int]:
 
 def test_the_fixture_model_copies(copy_model, sources):
     src, max_len = sources
-    out = generate([copy_model], src, max_len, SearchSettings(method="greedy"))
+    out = generate([copy_model], src, max_len, DecodeOptions(method="greedy"))
     copied = sum(best(out, i) == [t for t in src[i].tolist() if t != PAD_ID] for i in range(12))
     assert copied >= 10, f"only {copied} of 12 copied: the fixture model is not trained"
 
@@ -34,8 +34,8 @@ def test_beam_1_equals_greedy_tokens_and_scores(copy_model, sources):
     when a longer hypothesis could still score better, which greedy never does.)"""
     src, max_len = sources
     settings = dict(length_penalty="none")
-    greedy = generate([copy_model], src, max_len, SearchSettings(method="greedy", **settings))
-    beam = generate([copy_model], src, max_len, SearchSettings(method="beam", beam=1, **settings))
+    greedy = generate([copy_model], src, max_len, DecodeOptions(method="greedy", **settings))
+    beam = generate([copy_model], src, max_len, DecodeOptions(method="beam", beam=1, **settings))
     assert torch.equal(greedy.tokens, beam.tokens)
     assert torch.equal(greedy.lengths, beam.lengths)
     torch.testing.assert_close(greedy.log_prob, beam.log_prob, rtol=0, atol=1e-5)
@@ -45,7 +45,7 @@ def test_beam_1_equals_greedy_tokens_and_scores(copy_model, sources):
 @pytest.mark.parametrize("method,beam", [("greedy", 1), ("beam", 4)])
 def test_batched_equals_one_sentence_at_a_time(copy_model, sources, method, beam):
     src, max_len = sources
-    settings = SearchSettings(method=method, beam=beam, nbest=beam)
+    settings = DecodeOptions(method=method, beam=beam, nbest=beam)
     batched = generate([copy_model], src, max_len, settings)
     for i in range(src.size(0)):
         alone = src[i : i + 1, : int(padding_mask(src[i]).sum())]  # no padding at all
@@ -58,9 +58,9 @@ def test_batched_equals_one_sentence_at_a_time(copy_model, sources, method, beam
 @pytest.mark.parametrize("method,beam", [("greedy", 1), ("beam", 4)])
 def test_cached_equals_uncached(copy_model, sources, method, beam):
     src, max_len = sources
-    cached = generate([copy_model], src, max_len, SearchSettings(method=method, beam=beam))
+    cached = generate([copy_model], src, max_len, DecodeOptions(method=method, beam=beam))
     uncached = generate(
-        [copy_model], src, max_len, SearchSettings(method=method, beam=beam, use_cache=False)
+        [copy_model], src, max_len, DecodeOptions(method=method, beam=beam, use_cache=False)
     )
     assert torch.equal(cached.tokens, uncached.tokens)
     torch.testing.assert_close(cached.score, uncached.score, rtol=0, atol=1e-4)
@@ -69,7 +69,7 @@ def test_cached_equals_uncached(copy_model, sources, method, beam):
 @pytest.mark.parametrize("method", ["greedy", "beam", "sample"])
 def test_ensemble_of_one_model_equals_the_model(copy_model, sources, method):
     src, max_len = sources
-    settings = SearchSettings(method=method, seed=3, nbest=2 if method != "greedy" else 1)
+    settings = DecodeOptions(method=method, seed=3, nbest=2 if method != "greedy" else 1)
     alone = generate([copy_model], src, max_len, settings)
     for models in ([copy_model], [copy_model, copy_model]):
         ensemble = generate(models, src, max_len, settings)
@@ -97,14 +97,14 @@ def test_encoder_and_cross_attention_run_once(copy_model, sources, monkeypatch):
             return _inner(memory)
 
         monkeypatch.setattr(layer.cross_attn, "project_kv", counting_kv)
-    out = generate([copy_model], src, max_len, SearchSettings(beam=4))
+    out = generate([copy_model], src, max_len, DecodeOptions(beam=4))
     assert out.steps > 3
     assert calls == {"encode": 1, "kv": len(copy_model.decoder.layers)}
 
 
 def test_sampling_is_reproducible_with_a_seed(copy_model, sources):
     src, max_len = sources
-    settings = SearchSettings(method="sample", temperature=1.5, top_p=0.9, seed=42, nbest=3)
+    settings = DecodeOptions(method="sample", temperature=1.5, top_p=0.9, seed=42, nbest=3)
     first = generate([copy_model], src, max_len, settings)
     again = generate([copy_model], src, max_len, settings)
     assert torch.equal(first.tokens, again.tokens)

@@ -16,7 +16,7 @@ import torch
 
 from transformer.decoding import (
     BeamSearch,
-    SearchSettings,
+    DecodeOptions,
     ban_repeated_ngrams,
     generate,
     gnmt_length_penalty,
@@ -56,7 +56,7 @@ def run(tables, method="beam", max_len=5, **settings):
     model = TableModel(tables)
     n = len(tables)
     src = torch.tensor([[i, EOS] for i in range(n)])  # sentence i -> table i
-    s = SearchSettings(method=method, use_cache=False, **settings)
+    s = DecodeOptions(method=method, use_cache=False, **settings)
     return generate([model], src, torch.full((n,), max_len), s), model
 
 

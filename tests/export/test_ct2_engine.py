@@ -5,14 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.optional import require
 from transformer import Translator
 from transformer.config import ConfigError
-from transformer.decoding.generate import SearchSettings
+from transformer.decoding.options import DecodeOptions
 from transformer.export import export_ctranslate2
 from transformer.modeldir import ModelDirError, save_model_dir
 from transformer.vocab import BOS_ID, EOS_ID
 
-pytest.importorskip("ctranslate2")
+require("ctranslate2")
 
 
 def same_best_tokens(a, b) -> bool:
@@ -117,7 +118,7 @@ def test_cpu_threads_are_single_threaded_workers_over_sub_batches(ct2_float32_di
 
     engine, tokenizer = ct2_engine.load_ctranslate2_dir(ct2_float32_dir, threads=2)
     assert engine.translator.num_translators == 2
-    assert engine._options(SearchSettings())["max_batch_size"] == ct2_engine.CPU_SUB_BATCH
+    assert engine._options(DecodeOptions())["max_batch_size"] == ct2_engine.CPU_SUB_BATCH
     texts = sentences
     options = dict(method="beam", beam=4, nbest=2)
     split = Translator.from_engine(engine, tokenizer).translate_nbest(texts, **options)

@@ -18,6 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.copy_model import MULTI30K
 from tests.serve.conftest import ServerProcess
 from transformer import Translator
+from transformer.decoding.options import api_fields
+from transformer.decoding.search import LENGTH_PENALTIES
+from transformer.serve.schemas import DecodeParams
 
 SENTENCES = [
     "Ein Hund läuft.",
@@ -147,6 +150,11 @@ def test_openapi_documents_the_fields(client: httpx.Client) -> None:
     for field in ("texts", "beam", "alpha", "nbest", "method", "length_penalty"):
         assert request[field].get("description"), field
     assert request["method"]["enum"] == ["beam", "greedy", "sample"]
+    assert request["length_penalty"]["enum"] == list(LENGTH_PENALTIES)
+    # Every decoding option of the API, with the default and the description of its declaration.
+    for f in api_fields():
+        assert request[f.name].get("default") == f.default, f.name  # FastAPI omits a null
+        assert request[f.name]["description"] == DecodeParams.model_fields[f.name].description
 
 
 def test_metrics_count_requests_and_batches(client: httpx.Client) -> None:
@@ -259,6 +267,12 @@ BAD_TRANSLATE = [
     ("temperature 0", {"texts": ["a"], "method": "sample", "temperature": 0}, 422, "temperature"),
     ("negative seed", {"texts": ["a"], "method": "sample", "seed": -1}, 422, "seed"),
     ("huge max_len_b", {"texts": ["a"], "max_len_b": 10**9}, 422, "max_len_b"),
+    ("alpha over 10", {"texts": ["a"], "alpha": 10.5}, 422, "alpha"),
+    ("max_len_a over 4", {"texts": ["a"], "max_len_a": 4.5}, 422, "max_len_a"),
+    ("min_len over 1024", {"texts": ["a"], "min_len": 1025}, 422, "min_len"),
+    ("no_repeat_ngram over 64", {"texts": ["a"], "no_repeat_ngram": 65}, 422, "no_repeat_ngram"),
+    ("nbest over max_beam", {"texts": ["a"], "method": "sample", "nbest": 17}, 422, "nbest"),
+    ("seed beyond int64", {"texts": ["a"], "method": "sample", "seed": 2**63}, 422, "seed"),
 ]
 
 

@@ -1,15 +1,16 @@
 """Decoding: greedy, beam search (the strategy in search.py, the batched cached loop in
-generate.py) and sampling; inputs grouped by length in batching.py."""
+generate.py) and sampling, configured by `DecodeOptions` (options.py, the one declaration of the
+decoding options); inputs grouped by length in batching.py."""
 
 from transformer.decoding.batching import length_batches
 from transformer.decoding.generate import (
     Generated,
     ModelState,
     Scorer,
-    SearchSettings,
     generate,
     max_output_lengths,
 )
+from transformer.decoding.options import METHODS, DecodeOptions
 from transformer.decoding.search import (
     LENGTH_PENALTIES,
     BeamSearch,
@@ -23,12 +24,13 @@ from transformer.decoding.search import (
 
 __all__ = [
     "LENGTH_PENALTIES",
+    "METHODS",
     "BeamSearch",
     "BeamStep",
+    "DecodeOptions",
     "Generated",
     "ModelState",
     "Scorer",
-    "SearchSettings",
     "ban_repeated_ngrams",
     "generate",
     "gnmt_length_penalty",

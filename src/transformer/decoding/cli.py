@@ -17,17 +17,25 @@ import os
 import queue
 import sys
 import threading
+import typing
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import Any, BinaryIO, Literal, TextIO
 
 from transformer.config import ConfigError
+from transformer.decoding.options import DecodeOptions, cli_fields
 
 # ------------------------------------------------------------------ options shared with evaluate
 
 
-def add_decode_arguments(parser: argparse.ArgumentParser) -> None:
-    """--model and the decoding options (shared by `translate` and `evaluate`)."""
+def add_decode_arguments(
+    parser: argparse.ArgumentParser, options: type[DecodeOptions] = DecodeOptions
+) -> None:
+    """--model, the decoding options and --device / --threads (translate, evaluate, visualize).
+
+    The decoding flags are derived from the fields of `options` (see decoding/options.py): one
+    `--name-with-dashes` per field, with its default, type, choices and help.
+    """
     parser.add_argument(
         "--model",
         action="append",
@@ -36,34 +44,64 @@ def add_decode_arguments(parser: argparse.ArgumentParser) -> None:
         help="model directory (config.json, model.safetensors, tokenizer.json); repeat it to "
         "decode with an ensemble (log-probabilities averaged)",
     )
-    g = parser.add_argument_group("decoding (defaults: the paper's beam 4, GNMT alpha 0.6, +50)")
-    method = g.add_mutually_exclusive_group()
-    method.add_argument("--greedy", action="store_true", help="greedy decoding")
-    method.add_argument("--sample", action="store_true", help="sampling (see --temperature...)")
-    g.add_argument("--beam", type=int, default=4, help="beam size (default 4)")
-    g.add_argument("--alpha", type=float, default=0.6, help="length penalty alpha (default 0.6)")
-    g.add_argument(
-        "--length-penalty",
-        choices=["gnmt", "power", "none"],
-        default="gnmt",
-        help="gnmt: ((5+|Y|)/6)^alpha (the paper's); power: |Y|^alpha (fairseq/HF); none",
+    d = options()
+    g = parser.add_argument_group(
+        f"decoding (defaults: the paper's beam {d.beam}, GNMT alpha {d.alpha}, +{d.max_len_b})"
     )
-    g.add_argument("--nbest", type=int, default=1, help="hypotheses per input (<= beam)")
-    g.add_argument("--max-len-a", type=float, default=1.0, help="max length = a * source + b")
-    g.add_argument("--max-len-b", type=int, default=50, help="max length = a * source + b")
-    g.add_argument("--min-len", type=int, default=0, help="no EOS before this many tokens")
-    g.add_argument(
-        "--no-repeat-ngram", type=int, default=0, metavar="N", help="never repeat an N-gram"
-    )
-    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
-    g.add_argument("--top-k", type=int, default=0, help="sample from the k best tokens (0: all)")
-    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: all)")
-    g.add_argument("--seed", type=int, default=None, help="seed for sampling")
-    g.add_argument(
-        "--max-tokens", type=int, default=4096, help="padded source tokens per batch (4096)"
-    )
+    hints = typing.get_type_hints(options)
+    for f in cli_fields(options):
+        switches = f.metadata.get("choice_flags")
+        if switches:
+            choice = g.add_mutually_exclusive_group()
+            for value, text in switches.items():
+                choice.add_argument(f"--{_flag(value)}", action="store_true", help=text)
+            continue
+        kind, choices = _argument_type(hints[f.name])
+        extra: dict[str, Any] = {}
+        if kind is bool:
+            extra["action"] = argparse.BooleanOptionalAction
+        else:
+            extra["type"] = kind
+        if choices is not None:
+            extra["choices"] = list(choices)
+        if f.metadata.get("metavar"):
+            extra["metavar"] = f.metadata["metavar"]
+        g.add_argument(
+            f"--{_flag(f.name)}", dest=f.name, default=f.default, help=f.metadata["help"], **extra
+        )
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _argument_type(annotation: Any) -> tuple[type, tuple | None]:
+    """(argparse type, choices or None) of a field annotation: int, float, str, bool, a Literal
+    of strings, or one of these | None."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is Literal:
+        return type(args[0]), tuple(args)
+    if args:  # X | None
+        return _argument_type(args[0])
+    return annotation, None
+
+
+def decode_options(
+    args: argparse.Namespace, options: type[DecodeOptions] = DecodeOptions
+) -> dict[str, Any]:
+    """Keyword options for `Translator.translate_nbest` (the fields of `options` that have a
+    flag) from arguments parsed with `add_decode_arguments`."""
+    values: dict[str, Any] = {}
+    for f in cli_fields(options):
+        switches = f.metadata.get("choice_flags")
+        if switches:
+            chosen = [value for value in switches if getattr(args, _flag(value).replace("-", "_"))]
+            values[f.name] = chosen[0] if chosen else f.default
+        else:
+            values[f.name] = getattr(args, f.name)
+    return values
 
 
 def add_engine_argument(parser: argparse.ArgumentParser) -> None:
@@ -75,27 +113,6 @@ def add_engine_argument(parser: argparse.ArgumentParser) -> None:
         help="torch (default): PyTorch, model directories, ensembles; ctranslate2: CTranslate2 "
         "on a directory written by `transformer export --format ctranslate2` (pip install "
         "'.[fast]'); --threads sets its threads too",
-    )
-
-
-def decode_options(args: argparse.Namespace) -> dict:
-    """Keyword options for `Translator.translate_nbest` from parsed arguments."""
-    method = "greedy" if args.greedy else "sample" if args.sample else "beam"
-    return dict(
-        method=method,
-        beam=args.beam,
-        alpha=args.alpha,
-        length_penalty=args.length_penalty,
-        nbest=args.nbest,
-        max_len_a=args.max_len_a,
-        max_len_b=args.max_len_b,
-        min_len=args.min_len,
-        no_repeat_ngram=args.no_repeat_ngram,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-        max_tokens=args.max_tokens,
     )
 
 
@@ -142,8 +159,6 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         options = decode_options(args)
-        from transformer.translator import DecodeOptions
-
         DecodeOptions.from_kwargs(options)  # report bad options before loading anything
         translator = load_translator(args)
         source: BinaryIO = sys.stdin.buffer if args.input == "-" else open_binary(Path(args.input))

@@ -21,7 +21,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from transformer.decoding.generate import Generated, SearchSettings, generate
+from transformer.decoding.generate import Generated, generate
+from transformer.decoding.options import DecodeOptions
 from transformer.model import Transformer
 from transformer.vocab import PAD_ID
 
@@ -38,12 +39,12 @@ class Engine(Protocol):
     # attention maps and visualisation.
     models: list[Transformer]
 
-    def problems(self, settings: SearchSettings, attention: bool) -> list[str]:
+    def problems(self, settings: DecodeOptions, attention: bool) -> list[str]:
         """Every requested option this engine cannot honour, one line each (empty: all fine)."""
         ...
 
     def generate(
-        self, sources: list[list[int]], max_len: Tensor, settings: SearchSettings
+        self, sources: list[list[int]], max_len: Tensor, settings: DecodeOptions
     ) -> Generated:
         """Decode N sources (subword ids + EOS, unpadded); max_len (N,) tokens before the EOS."""
         ...
@@ -72,11 +73,11 @@ class TorchEngine:
         limits = [m.config.max_positions for m in models if m.config.positional == "learned"]
         self.max_positions: int | None = min(limits) if limits else None
 
-    def problems(self, settings: SearchSettings, attention: bool) -> list[str]:
+    def problems(self, settings: DecodeOptions, attention: bool) -> list[str]:
         return []
 
     def generate(
-        self, sources: list[list[int]], max_len: Tensor, settings: SearchSettings
+        self, sources: list[list[int]], max_len: Tensor, settings: DecodeOptions
     ) -> Generated:
         src = pad_ids(sources, self.device)  # (N, S)
         return generate(self.models, src, max_len.to(self.device), settings)

@@ -22,10 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from transformer.decoding.options import DecodeOptions
 from transformer.decoding.search import (
-    LENGTH_PENALTIES,
     BeamSearch,
-    LengthPenalty,
     ban_repeated_ngrams,
     best_possible_score,
     greedy_step,
@@ -89,31 +88,6 @@ class Scorer:
             state.reorder(indices, sources)
 
 
-# ---------------------------------------------------------------------------------- options
-
-
-@dataclass(frozen=True)
-class SearchSettings:
-    """What the loop needs besides the models and the sources (see `DecodeOptions` for users)."""
-
-    method: str = "beam"  # "beam" | "greedy" | "sample"
-    beam: int = 4
-    alpha: float = 0.6
-    length_penalty: str = "gnmt"  # a key of search.LENGTH_PENALTIES
-    nbest: int = 1
-    min_len: int = 0
-    no_repeat_ngram: int = 0
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int | None = None
-    use_cache: bool = True
-
-    @property
-    def penalty(self) -> LengthPenalty:
-        return LENGTH_PENALTIES[self.length_penalty]
-
-
 @dataclass
 class Generated:
     """Hypotheses of N sentences, F per sentence, best first (`score` descending).
@@ -138,9 +112,12 @@ def generate(
     models: Sequence[Transformer],
     src_ids: Tensor,
     max_len: Tensor,
-    settings: SearchSettings,
+    settings: DecodeOptions | None = None,
 ) -> Generated:
-    """Decode a padded batch of sources (N, S) (subwords + EOS); max_len (N,) per sentence."""
+    """Decode a padded batch of sources (N, S) (subwords + EOS); max_len (N,) tokens before the
+    EOS per sentence (see `max_output_lengths`). `settings`: how (default: the paper's beam 4);
+    its `max_len_*` and batch fields are not read here."""
+    settings = settings or DecodeOptions()
     if settings.method == "beam":
         return _beam_search(models, src_ids, max_len, settings)
     if settings.method == "greedy":
@@ -161,7 +138,7 @@ def max_output_lengths(src_lengths: Tensor, a: float, b: int, cap: int | None = 
 
 
 def _constrain(
-    log_probs: Tensor, prefix: Tensor, max_len: Tensor, step: int, settings: SearchSettings
+    log_probs: Tensor, prefix: Tensor, max_len: Tensor, step: int, settings: DecodeOptions
 ) -> None:
     """In place: never PAD or BOS; EOS not before min_len; no repeated n-grams; EOS at max_len.
 
@@ -191,7 +168,7 @@ def _pad_to(tokens: Tensor, length: int) -> Tensor:
 
 
 def _beam_search(
-    models: Sequence[Transformer], src_ids: Tensor, max_len: Tensor, settings: SearchSettings
+    models: Sequence[Transformer], src_ids: Tensor, max_len: Tensor, settings: DecodeOptions
 ) -> Generated:
     n0, device = src_ids.size(0), src_ids.device
     k, f = settings.beam, settings.nbest
@@ -285,12 +262,12 @@ def _sample_like(
     models: Sequence[Transformer],
     src_ids: Tensor,
     max_len: Tensor,
-    settings: SearchSettings,
+    settings: DecodeOptions,
     greedy: bool,
 ) -> Generated:
     """Greedy (one hypothesis) or sampling (`nbest` independent samples per sentence)."""
     device = src_ids.device
-    f = 1 if greedy else settings.nbest
+    f = settings.n_hypotheses
     if f < 1:
         raise ValueError(f"nbest must be at least 1, got {f}")
     n0 = src_ids.size(0)

@@ -34,7 +34,6 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from transformer import __version__
 from transformer.serve.batching import DynamicBatcher, ServiceUnavailable
 from transformer.serve.metrics import ServerMetrics
 from transformer.serve.schemas import (
@@ -53,6 +52,7 @@ from transformer.serve.schemas import (
 from transformer.serve.settings import ServeSettings
 from transformer.serve.tokens import readable_token
 from transformer.translator import DecodeOptions, Translation, Translator
+from transformer.version import __version__
 
 log = logging.getLogger("transformer.serve")
 
@@ -262,7 +262,7 @@ def _check_engine(translator: Translator | None, options: DecodeOptions, attenti
     CTranslate2; each engine problem reads "field: message"."""
     if translator is None:
         return
-    problems = translator.engine.problems(options.settings(), attention)
+    problems = translator.engine.problems(options, attention)
     if problems:
         raise RequestError(
             [tuple(p.split(": ", 1)) if ": " in p else ("engine", p) for p in problems]

@@ -1,106 +1,89 @@
 """The JSON API's requests and responses (pydantic models: they make the OpenAPI schema) and the
 checks that turn a request into `DecodeOptions` or a list of problems, each naming its field.
 
-Validation happens in three layers, all reported with the JSON field a client sent:
+The decoding fields of a request (`DecodeParams`) are derived from `DecodeOptions`
+(transformer.decoding.options): one JSON field per option that has no `api=False`, with the
+option's name, type and default, and its `doc` as description. Validation happens in three
+layers, all reported with the JSON field a client sent:
 
-1. pydantic, strict: JSON types (no "4" for 4, no true for 1), no NaN / Infinity, no unknown
-   field (a misspelt option must not be silently ignored), `texts` present;
+1. pydantic, strict: JSON types (no "4" for 4, no true for 1), the choices of method and
+   length_penalty, no NaN / Infinity, no unknown field (a misspelt option must not be silently
+   ignored), `texts` present;
 2. `DecodeOptions` itself (the same checks as `transformer translate`): its `ConfigError`
-   problems start with the option's name, mapped onto the JSON field here;
-3. the server's own limits, which bound the work one request can cause: texts per request,
-   characters per text, beam and nbest, output length, and alpha >= 0.
+   problems start with the option's name, which is the JSON field's;
+3. the server's own limits, declared on the options' fields (`server`, `server_max`), which bound
+   the work one request can cause: output length, beam and nbest (the server's max_beam), alpha;
+   and `check_texts`: texts per request, characters per text.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from transformer.config import ConfigError
-from transformer.decoding.search import LENGTH_PENALTIES
+from transformer.config import ConfigError, Limits, field_limits, format_number
+from transformer.decoding.options import DecodeOptions, api_fields
 from transformer.serve.settings import ServeSettings
-from transformer.translator import METHODS, DecodeOptions
-
-# Bounds the server adds to DecodeOptions' own checks (beam and nbest come from ServeSettings).
-ALPHA_MAX = 10.0
-MAX_LEN_A_MAX = 4.0
-MAX_LEN_B_MAX = 1024
-MIN_LEN_MAX = 1024
-NO_REPEAT_NGRAM_MAX = 64
-SEED_MAX = 2**63 - 1
-
-# DecodeOptions field -> JSON field. The API uses DecodeOptions' names, so this is the identity
-# today; it is the one place to change if the two ever differ.
-JSON_FIELDS = {
-    name: name
-    for name in (
-        "method",
-        "beam",
-        "alpha",
-        "length_penalty",
-        "nbest",
-        "max_len_a",
-        "max_len_b",
-        "min_len",
-        "no_repeat_ngram",
-        "temperature",
-        "top_k",
-        "top_p",
-        "seed",
-    )
-}
-
 
 # ------------------------------------------------------------------------------------ requests
 
 
-class DecodeParams(BaseModel):
-    """Decoding options shared by both endpoints; the defaults are the paper's."""
+def server_limits(f: dataclasses.Field, settings: ServeSettings) -> Limits | None:
+    """The bounds a server with `settings` puts on option field `f`: its `server` limits (and
+    the `server_max` setting as upper bound), the field's own limits on a side they leave open;
+    None when the server adds nothing to the field's own checks."""
+    extra: Limits | None = f.metadata.get("server")
+    setting_name = f.metadata.get("server_max")
+    if setting_name is not None:
+        extra = dataclasses.replace(extra or Limits(), le=getattr(settings, setting_name), lt=None)
+    if extra is None:
+        return None
+    own = field_limits(f) or Limits()
+    lower = (extra.ge, extra.gt) if (extra.ge, extra.gt) != (None, None) else (own.ge, own.gt)
+    upper = (extra.le, extra.lt) if (extra.le, extra.lt) != (None, None) else (own.le, own.lt)
+    return Limits(*lower, *upper)
 
-    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
-    method: str = Field(
-        "beam",
-        description="Search: beam search, greedy decoding, or sampling.",
-        json_schema_extra={"enum": list(METHODS)},
+def request_model(
+    options: type[DecodeOptions] = DecodeOptions,
+    name: str = "DecodeParams",
+    settings: ServeSettings | None = None,
+) -> type[BaseModel]:
+    """The strict pydantic model of the API fields of `options` (DecodeOptions or a subclass).
+
+    Each description is the field's `doc` with the bounds a server with `settings` (default: the
+    default server) applies filled in.
+    """
+    settings = settings or ServeSettings()
+    hints = typing.get_type_hints(options)
+    fields: dict[str, Any] = {}
+    for f in api_fields(options):
+        limits = server_limits(f, settings) or field_limits(f) or Limits()
+        words = {
+            **{
+                side: format_number(getattr(limits, side))
+                for side in ("ge", "gt", "le", "lt")
+                if getattr(limits, side) is not None
+            },
+            "range": limits.describe(),
+            "default": f.default,
+        }
+        description = f.metadata["doc"].format(**words)
+        fields[f.name] = (hints[f.name], Field(f.default, description=description))
+    return create_model(
+        name,
+        __config__=ConfigDict(strict=True, extra="forbid", allow_inf_nan=False),
+        __doc__="Decoding options shared by both endpoints; the defaults are the paper's.",
+        __module__=__name__,
+        **fields,
     )
-    beam: int = Field(4, description="Beam size, 1 to the server's max_beam (16 by default).")
-    alpha: float = Field(
-        0.6, description=f"Length penalty exponent, 0 to {ALPHA_MAX:g} (the paper: 0.6)."
-    )
-    length_penalty: str = Field(
-        "gnmt",
-        description="gnmt: ((5+|Y|)/6)^alpha (the paper's); power: |Y|^alpha; none.",
-        json_schema_extra={"enum": list(LENGTH_PENALTIES)},
-    )
-    nbest: int = Field(
-        1,
-        description="Hypotheses returned per text, best first: at most beam for beam search "
-        "(the number of samples for sampling; greedy always gives 1).",
-    )
-    max_len_a: float = Field(
-        1.0,
-        description=f"Output length limit a * source subwords + b: a, 0 to {MAX_LEN_A_MAX:g}.",
-    )
-    max_len_b: int = Field(
-        50, description=f"Output length limit a * source subwords + b: b, 0 to {MAX_LEN_B_MAX}."
-    )
-    min_len: int = Field(
-        0, description=f"No end of sentence before this many tokens (0 to {MIN_LEN_MAX})."
-    )
-    no_repeat_ngram: int = Field(
-        0,
-        description=f"Never repeat an n-gram of this size (0: off; at most {NO_REPEAT_NGRAM_MAX}).",
-    )
-    temperature: float = Field(1.0, description="Sampling temperature, > 0.")
-    top_k: int = Field(0, description="Sample from the k most likely tokens only (0: all).")
-    top_p: float = Field(
-        1.0, description="Nucleus sampling: the smallest set with this mass, in (0, 1]."
-    )
-    seed: int | None = Field(
-        None, description=f"Seed for sampling (0 to {SEED_MAX}); none: a random one."
-    )
+
+
+DecodeParams = request_model()
 
 
 class TranslateRequest(DecodeParams):
@@ -235,44 +218,29 @@ def check_texts(texts: list[str], settings: ServeSettings, field: str) -> list[t
 
 
 def decode_options(
-    params: DecodeParams, settings: ServeSettings
+    params: BaseModel, settings: ServeSettings, options: type[DecodeOptions] = DecodeOptions
 ) -> tuple[DecodeOptions | None, list[tuple[str, str]]]:
-    """The DecodeOptions a request asks for, or the problems with it (field, message)."""
-    values = {name: getattr(params, name) for name in JSON_FIELDS}
-    problems = _server_limits(values, settings)
+    """The `options` a request asks for, or the problems with it (field, message): those of
+    `options` itself, then the server's limits on every field that passed its own checks."""
+    fields = api_fields(options)
+    values = {f.name: getattr(params, f.name) for f in fields}
     # One `generate` call takes at most the batcher's token budget (without batching: the default).
-    max_tokens = settings.max_batch_tokens if settings.batching else DecodeOptions().max_tokens
+    max_tokens = settings.max_batch_tokens if settings.batching else options().max_tokens
+    problems: list[tuple[str, str]] = []
+    decoded: DecodeOptions | None = None
     try:
-        options = DecodeOptions.from_kwargs(dict(values, max_tokens=max_tokens))
+        decoded = options.from_kwargs(dict(values, max_tokens=max_tokens))
     except ConfigError as e:
         for problem in e.problems:
             name, _, message = problem.partition(": ")
-            problems.append((JSON_FIELDS.get(name, name), message))
-        return None, problems
-    return (None if problems else options), problems
-
-
-def _server_limits(values: dict, settings: ServeSettings) -> list[tuple[str, str]]:
-    problems = []
-
-    def bound(name: str, lo: float, hi: float, why: str = "") -> None:
-        value = values[name]
-        if value is not None and not lo <= value <= hi:
-            problems.append((JSON_FIELDS[name], f"must be in [{lo}, {hi}]{why}, got {value}"))
-
-    limit = " (the server's max_beam)"
-    if values["beam"] >= 1:  # DecodeOptions reports values below 1
-        bound("beam", 1, settings.max_beam, limit)
-    if values["nbest"] >= 1:
-        bound("nbest", 1, settings.max_beam, limit)
-    bound("alpha", 0, ALPHA_MAX)
-    if values["max_len_a"] >= 0:
-        bound("max_len_a", 0, MAX_LEN_A_MAX)
-    if values["max_len_b"] >= 0:
-        bound("max_len_b", 0, MAX_LEN_B_MAX)
-    if values["min_len"] >= 0:
-        bound("min_len", 0, MIN_LEN_MAX)
-    if values["no_repeat_ngram"] >= 0:
-        bound("no_repeat_ngram", 0, NO_REPEAT_NGRAM_MAX)
-    bound("seed", 0, SEED_MAX)
-    return problems
+            problems.append((name, message))
+    reported = {name for name, _ in problems}
+    for f in fields:
+        limits = server_limits(f, settings)
+        value = values[f.name]
+        if limits is None or value is None or f.name in reported or limits.allows(value):
+            continue
+        setting_name = f.metadata.get("server_max")
+        why = f" (the server's {setting_name})" if setting_name else ""
+        problems.append((f.name, f"must be {limits.describe()}{why}, got {value}"))
+    return (None if problems else decoded), problems
