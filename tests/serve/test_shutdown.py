@@ -84,8 +84,9 @@ def test_sigterm_answers_the_request_in_flight(copy_model_dir: Path, tmp_path: P
         while time.monotonic() < deadline and not answered.is_set():
             try:
                 httpx.get(server.url + "/health", timeout=1)
-            except httpx.ConnectError:
-                refused = True  # stopped listening: the shutdown has begun
+            except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError):
+                # refused, or accepted and closed unanswered: the shutdown has begun
+                refused = True
                 break
             time.sleep(0.01)
         still_in_flight = not answered.is_set()

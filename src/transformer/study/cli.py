@@ -1,6 +1,11 @@
-"""`transformer study table3|questions --config CONFIG.yaml --budget N|Nm --out DIR`.
+"""`transformer study STUDY ...`: experiments that re-run the paper's arguments on your machine.
 
-Trains one model per row for the same budget, evaluates each on the validation set (perplexity,
+    table3, questions   rows of model variants trained for one budget (below)
+    complexity          the paper's Table 1 measured: layer types against sequence length
+    lengths             positional encodings on inputs longer than those seen in training
+    heads               what each attention head of a model does, and what it is worth
+
+table3 and questions (`--config CONFIG.yaml --budget N|Nm --out DIR`) train one model per row for the same budget, evaluates each on the validation set (perplexity,
 and BLEU with beam 4, alpha 0.6, no checkpoint averaging, as the paper's Table 3) and writes
 OUT/results.csv, OUT/results.md (the paper's layout) and OUT/results.png. Re-running the same
 command skips finished rows and resumes an interrupted one.
@@ -12,10 +17,31 @@ command skips finished rows and resumes an interrupted one.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
 from transformer.config import ConfigError
+
+# study -> (module with add_arguments(parser) and run(args), or None for the row studies; help)
+STUDIES: dict[str, tuple[str | None, str]] = {
+    "table3": (None, "the paper's Table 3 rows (A)-(E), scaled to the base config"),
+    "questions": (None, "one design decision reversed per row: why is it built this way?"),
+    "complexity": (
+        "transformer.study.complexity",
+        "the paper's Table 1 measured: time, memory, FLOPs, sequential steps and path length "
+        "of self-attention, recurrent and convolutional layers as n and d grow",
+    ),
+    "lengths": (
+        "transformer.study.lengths",
+        "one model per positional encoding trained on short sentences, BLEU per source length "
+        "(longer than training included)",
+    ),
+    "heads": (
+        "transformer.study.heads",
+        "what every attention head of a model does, and the BLEU lost when it alone is masked",
+    ),
+}
 
 HELP_ROWS = (
     "only these rows besides the base: Table 3 groups A,B,C,D,E, or question keys "
@@ -25,12 +51,17 @@ HELP_ROWS = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "study",
-        choices=["table3", "questions"],
-        help="table3: the paper's rows (A)-(E), scaled to the base config; questions: one design "
-        "decision reversed per row",
-    )
+    sub = parser.add_subparsers(dest="study", metavar="STUDY", required=True)
+    for name, (module, help_text) in STUDIES.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if module is None:
+            add_row_arguments(p)
+        else:  # these modules import only argparse at the top: cheap to load for --help
+            importlib.import_module(module).add_arguments(p)
+
+
+def add_row_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of the row studies (table3, questions)."""
     parser.add_argument("--config", required=True, metavar="CONFIG.yaml", help="the base config")
     from transformer.training.config import add_override_argument
 
@@ -54,6 +85,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    module = STUDIES[args.study][0]
+    if module is not None:
+        return int(importlib.import_module(module).run(args) or 0)
+    return run_rows_study(args)
+
+
+def run_rows_study(args: argparse.Namespace) -> int:
     from transformer.study.report import write_report
     from transformer.study.rows import study_rows
     from transformer.study.runner import Budget, run_rows
