@@ -17,13 +17,12 @@ import os
 import queue
 import sys
 import threading
-import typing
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, TextIO
+from typing import Any, BinaryIO, TextIO
 
 from transformer.config import ConfigError
-from transformer.decoding.options import DecodeOptions, cli_fields
+from transformer.decoding.options import DecodeOptions, add_option_flags, options_from_flags
 
 # ------------------------------------------------------------------ options shared with evaluate
 
@@ -44,64 +43,18 @@ def add_decode_arguments(
         help="model directory (config.json, model.safetensors, tokenizer.json); repeat it to "
         "decode with an ensemble (log-probabilities averaged)",
     )
-    d = options()
-    g = parser.add_argument_group(
-        f"decoding (defaults: the paper's beam {d.beam}, GNMT alpha {d.alpha}, +{d.max_len_b})"
-    )
-    hints = typing.get_type_hints(options)
-    for f in cli_fields(options):
-        switches = f.metadata.get("choice_flags")
-        if switches:
-            choice = g.add_mutually_exclusive_group()
-            for value, text in switches.items():
-                choice.add_argument(f"--{_flag(value)}", action="store_true", help=text)
-            continue
-        kind, choices = _argument_type(hints[f.name])
-        extra: dict[str, Any] = {}
-        if kind is bool:
-            extra["action"] = argparse.BooleanOptionalAction
-        else:
-            extra["type"] = kind
-        if choices is not None:
-            extra["choices"] = list(choices)
-        if f.metadata.get("metavar"):
-            extra["metavar"] = f.metadata["metavar"]
-        g.add_argument(
-            f"--{_flag(f.name)}", dest=f.name, default=f.default, help=f.metadata["help"], **extra
-        )
+    add_option_flags(parser, options)
+    g = parser.add_argument_group("device")
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-
-
-def _flag(name: str) -> str:
-    return name.replace("_", "-")
-
-
-def _argument_type(annotation: Any) -> tuple[type, tuple | None]:
-    """(argparse type, choices or None) of a field annotation: int, float, str, bool, a Literal
-    of strings, or one of these | None."""
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) is Literal:
-        return type(args[0]), tuple(args)
-    if args:  # X | None
-        return _argument_type(args[0])
-    return annotation, None
 
 
 def decode_options(
     args: argparse.Namespace, options: type[DecodeOptions] = DecodeOptions
 ) -> dict[str, Any]:
-    """Keyword options for `Translator.translate_nbest` (the fields of `options` that have a
-    flag) from arguments parsed with `add_decode_arguments`."""
-    values: dict[str, Any] = {}
-    for f in cli_fields(options):
-        switches = f.metadata.get("choice_flags")
-        if switches:
-            chosen = [value for value in switches if getattr(args, _flag(value).replace("-", "_"))]
-            values[f.name] = chosen[0] if chosen else f.default
-        else:
-            values[f.name] = getattr(args, f.name)
-    return values
+    """Keyword options for `Translator.translate_nbest` from arguments parsed with
+    `add_decode_arguments`."""
+    return options_from_flags(args, options)
 
 
 def add_engine_argument(parser: argparse.ArgumentParser) -> None:

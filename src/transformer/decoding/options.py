@@ -3,7 +3,7 @@
 - the decoding loop (`generate`) and the engines read a `DecodeOptions` itself;
 - `Translator.translate(texts, **options)` builds one from its keyword options;
 - `transformer translate`, `evaluate` and `visualize` offer one flag per field
-  (`decoding.cli.add_decode_arguments`): `--max-len-a` for `max_len_a`, with the field's default
+  (`add_option_flags`, used by `decoding.cli.add_decode_arguments`): `--max-len-a` for `max_len_a`, with the field's default
   and help;
 - the server's request model (`serve.schemas.DecodeParams`) has one JSON field per field, with
   the field's name, type and default, and applies the field's limits and the server's own.
@@ -26,6 +26,7 @@ limits (checked at construction, every problem named), its command-line help (ar
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import typing
 from collections.abc import Mapping
@@ -187,3 +188,70 @@ def cli_fields(options: type[DecodeOptions] = DecodeOptions) -> list[dataclasses
 def api_fields(options: type[DecodeOptions] = DecodeOptions) -> list[dataclasses.Field]:
     """The fields of `options` (DecodeOptions or a subclass) in the server's request model."""
     return [f for f in dataclasses.fields(options) if f.metadata.get("api", True)]
+
+
+# ------------------------------------------------------------------------- command-line flags
+
+
+def add_option_flags(
+    parser: argparse.ArgumentParser, options: type[DecodeOptions] = DecodeOptions
+) -> None:
+    """One flag per field of `options` that has one (`cli_fields`): `--max-len-a` for
+    `max_len_a`, with the field's default, type, choices and help; a field with `choice_flags`
+    becomes mutually exclusive switches (--greedy, --sample)."""
+    d = options()
+    g = parser.add_argument_group(
+        f"decoding (defaults: the paper's beam {d.beam}, GNMT alpha {d.alpha}, +{d.max_len_b})"
+    )
+    hints = typing.get_type_hints(options)
+    for f in cli_fields(options):
+        switches = f.metadata.get("choice_flags")
+        if switches:
+            choice = g.add_mutually_exclusive_group()
+            for value, text in switches.items():
+                choice.add_argument(f"--{_flag(value)}", action="store_true", help=text)
+            continue
+        kind, choices = _argument_type(hints[f.name])
+        extra: dict[str, Any] = {}
+        if kind is bool:
+            extra["action"] = argparse.BooleanOptionalAction
+        else:
+            extra["type"] = kind
+        if choices is not None:
+            extra["choices"] = list(choices)
+        if f.metadata.get("metavar"):
+            extra["metavar"] = f.metadata["metavar"]
+        g.add_argument(
+            f"--{_flag(f.name)}", dest=f.name, default=f.default, help=f.metadata["help"], **extra
+        )
+
+
+def options_from_flags(
+    args: argparse.Namespace, options: type[DecodeOptions] = DecodeOptions
+) -> dict[str, Any]:
+    """Keyword options (the fields of `options` that have a flag) from arguments parsed after
+    `add_option_flags`."""
+    values: dict[str, Any] = {}
+    for f in cli_fields(options):
+        switches = f.metadata.get("choice_flags")
+        if switches:
+            chosen = [value for value in switches if getattr(args, _flag(value).replace("-", "_"))]
+            values[f.name] = chosen[0] if chosen else f.default
+        else:
+            values[f.name] = getattr(args, f.name)
+    return values
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _argument_type(annotation: Any) -> tuple[type, tuple | None]:
+    """(argparse type, choices or None) of a field annotation: int, float, str, bool, a Literal
+    of strings, or one of these | None."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is Literal:
+        return type(args[0]), tuple(args)
+    if args:  # X | None
+        return _argument_type(args[0])
+    return annotation, None
