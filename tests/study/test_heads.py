@@ -284,15 +284,6 @@ def write_test_set(tmp_path: Path, n: int) -> tuple[Path, Path]:
     return src, ref
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread: much faster than two on busy shared cores (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     heads.add_arguments(parser)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from tests.training.conftest import micro_config, write_config
 from transformer.config import Positional
@@ -111,15 +110,6 @@ def test_the_subset_keeps_exactly_the_pairs_with_short_sources(small_data, tmp_p
     with pytest.raises(DataError, match="not a subset directory"):
         source_length_subset(small_data, tmp_path / "other", limit)
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
-
-
-@pytest.fixture
-def one_thread():
-    """One thread: much faster than two for micro models on busy shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
