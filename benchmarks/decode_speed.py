@@ -52,7 +52,7 @@ from transformer.modeldir import load_model_dir
 from transformer.vocab import BOS_ID, EOS_ID, PAD_ID
 
 ROOT = Path(__file__).resolve().parents[1]
-# The project's own copy of Multi30k (identical to ../shared/data/multi30k).
+# The bundled copy of Multi30k (data/multi30k).
 DEFAULT_SRC = ROOT / "data" / "multi30k" / "test_2016_flickr.de.gz"
 
 

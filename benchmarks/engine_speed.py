@@ -56,7 +56,7 @@ from transformer.evaluation.metrics import corpus_scores
 from transformer.export import export_ctranslate2
 
 ROOT = Path(__file__).resolve().parents[1]
-# The project's own copy of Multi30k (identical to ../shared/data/multi30k).
+# The bundled copy of Multi30k (data/multi30k).
 TEST = ROOT / "data" / "multi30k" / "test_2016_flickr"
 DECODERS = ("torch fp32", "torch bf16", "ct2 float32", "ct2 int8")
 
