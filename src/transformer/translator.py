@@ -42,9 +42,16 @@ from torch import Tensor
 
 from transformer.config import ConfigError
 from transformer.data.tokenizer import SubwordTokenizer
-from transformer.decoding.batching import length_batches
-from transformer.decoding.engine import ENGINES, Engine, TorchEngine, pad_ids
-from transformer.decoding.generate import max_output_lengths
+from transformer.decoding.engine import (
+    ENGINES,
+    Engine,
+    TorchEngine,
+    decode_batches,
+    hypothesis_ids,
+    max_source_subwords,
+    pad_ids,
+)
+from transformer.decoding.generate import Generated
 from transformer.decoding.options import DecodeOptions
 from transformer.model import Transformer
 from transformer.modeldir import ModelDirError, load_model_dir
@@ -242,10 +249,9 @@ class Translator:
                 results[i] = Translation(str(text), empty, truncated[i])
         if progress is not None and len(todo) < len(texts):
             progress(len(texts) - len(todo))
-        lengths = [len(ids[i]) + 1 for i in todo]
-        for batch in length_batches(lengths, opts.max_tokens, opts.max_sentences):
+        for batch, out in decode_batches(self.engine, [ids[i] for i in todo], opts):
             indices = [todo[j] for j in batch]
-            translations = self._translate_batch([ids[i] for i in indices], opts, attention)
+            translations = self._translations([ids[i] for i in indices], out, attention)
             for i, tr in zip(indices, translations):
                 tr.source, tr.truncated = str(texts[i]), truncated[i]
                 results[i] = tr
@@ -256,30 +262,18 @@ class Translator:
     @property
     def max_source_subwords(self) -> int | None:
         """The most source subwords a model can take (None: unlimited, sinusoidal positions)."""
-        return None if self.max_positions is None else self.max_positions - 1
+        return max_source_subwords(self.engine)
 
     # ------------------------------------------------------------------------------- batches
 
-    def _translate_batch(
-        self,
-        batch: list[list[int]],
-        opts: DecodeOptions,
-        attention: bool,
+    def _translations(
+        self, batch: list[list[int]], out: Generated, attention: bool
     ) -> list[Translation]:
-        sources = [[*seq, EOS_ID] for seq in batch]
-        src_lengths = torch.tensor([len(seq) for seq in batch])
-        cap = None if self.max_positions is None else self.max_positions - 1
-        max_len = max_output_lengths(src_lengths, opts.max_len_a, opts.max_len_b, cap)
-        out = self.engine.generate(sources, max_len, opts)
-        tokens = out.tokens.cpu().tolist()
-        lengths = out.lengths.cpu().tolist()
+        """The Translations of one decoded batch (sources `batch`, without their EOS)."""
+        hyp_ids = hypothesis_ids(out)
         log_prob, score = out.log_prob.cpu().tolist(), out.score.cpu().tolist()
-        hyp_ids = [
-            [tokens[i][j][: max(lengths[i][j] - 1, 0)] for j in range(len(lengths[i]))]
-            for i in range(len(batch))
-        ]
         texts = self.tokenizer.decode_batch([h for hyps in hyp_ids for h in hyps])
-        f = len(lengths[0]) if lengths else 0
+        f = len(hyp_ids[0]) if hyp_ids else 0
         results = []
         for i in range(len(batch)):
             hyps = [
@@ -288,6 +282,7 @@ class Translator:
             ]
             results.append(Translation("", hyps))
         if attention:
+            sources = [[*seq, EOS_ID] for seq in batch]
             self._attach_attention(pad_ids(sources, self.device), results)
         return results
 

@@ -356,7 +356,7 @@ class CTranslate2Engine:
 
     def _rank(self, hyps: list[list[Hyp]], settings: DecodeOptions) -> Generated:
         """Our ranking of each sentence's hypotheses (duplicates merged for beam search)."""
-        f = 1 if settings.method == "greedy" else settings.nbest
+        f = settings.n_hypotheses
         n = len(hyps)
         width = max((len(ids) for h in hyps for ids, _ in h), default=1)
         tokens = torch.full((n, f, width), PAD_ID, dtype=torch.long)

@@ -15,16 +15,17 @@ log-probabilities, score = log_prob / lp(|Y|)), so the Translator never asks whi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from transformer.decoding.generate import Generated, generate
+from transformer.decoding.batching import length_batches
+from transformer.decoding.generate import Generated, generate, max_output_lengths
 from transformer.decoding.options import DecodeOptions
 from transformer.model import Transformer
-from transformer.vocab import PAD_ID
+from transformer.vocab import EOS_ID, PAD_ID
 
 ENGINES = ("torch", "ctranslate2")
 
@@ -48,6 +49,35 @@ class Engine(Protocol):
     ) -> Generated:
         """Decode N sources (subword ids + EOS, unpadded); max_len (N,) tokens before the EOS."""
         ...
+
+
+def max_source_subwords(engine: Engine) -> int | None:
+    """The most source subwords `engine` can take, one position being the EOS (None: any)."""
+    return None if engine.max_positions is None else engine.max_positions - 1
+
+
+def decode_batches(
+    engine: Engine, ids: Sequence[Sequence[int]], options: DecodeOptions
+) -> Iterator[tuple[list[int], Generated]]:
+    """Decode source subword lists (non-empty, already cut to `max_source_subwords`) in
+    length-sorted batches of `options.max_tokens` padded tokens: yields (indices into `ids`,
+    their hypotheses). Each source gets its EOS, and each hypothesis at most
+    max_len_a * |source| + max_len_b tokens (and no more than the engine's positions)."""
+    cap = max_source_subwords(engine)
+    lengths = [len(seq) + 1 for seq in ids]
+    for batch in length_batches(lengths, options.max_tokens, options.max_sentences):
+        src_lengths = torch.tensor([len(ids[i]) for i in batch])
+        max_len = max_output_lengths(src_lengths, options.max_len_a, options.max_len_b, cap)
+        yield batch, engine.generate([[*ids[i], EOS_ID] for i in batch], max_len, options)
+
+
+def hypothesis_ids(out: Generated) -> list[list[list[int]]]:
+    """The hypotheses of `out` as id lists without their EOS: (N sentences, F hypotheses)."""
+    tokens, lengths = out.tokens.cpu().tolist(), out.lengths.cpu().tolist()
+    return [
+        [seq[: max(n - 1, 0)] for seq, n in zip(sentence, sentence_lengths)]
+        for sentence, sentence_lengths in zip(tokens, lengths)
+    ]
 
 
 def pad_ids(seqs: Sequence[Sequence[int]], device: torch.device | str = "cpu") -> Tensor:

@@ -629,9 +629,35 @@ def _join(values: list[Any]) -> str:
     return ", ".join(str(v) for v in values)
 
 
+def _ms_table(
+    title: str,
+    axis: str,
+    series: dict[str, dict[int, float]],
+    exponent_points: tuple[int, ...] | None = None,
+) -> list[str]:
+    """A Markdown section: one row of times in ms per layer type (seconds in `series`), one
+    column per size, and the fitted exponent over `exponent_points` if given."""
+    sizes = list(next(iter(series.values())))
+    extra = exponent_points is not None
+    lines = [
+        "",
+        f"## {title}",
+        "",
+        "| layer type | "
+        + " | ".join(f"{axis}={v}" for v in sizes)
+        + (" | exponent in n |" if extra else " |"),
+        "| --- |" + " --- |" * (len(sizes) + extra),
+    ]
+    for name, values in series.items():
+        cells = [f"{values[v] * 1e3:.3g}" for v in sizes]
+        tail = f" | {exponent(values, exponent_points):.2f} |" if extra else " |"
+        lines.append(f"| {name} | " + " | ".join(cells) + tail)
+    return lines
+
+
 def markdown(results: Results) -> str:
     """results.md: the paper's Table 1 with measured columns, the crossover table and notes."""
-    from transformer.study.table1_layers import LAYER_KEYS, LAYER_TYPES
+    from transformer.study.table1_layers import LAYER_TYPES
     from transformer.study.table1_probes import expected_layers
 
     o = results.options
@@ -708,38 +734,25 @@ def markdown(results: Results) -> str:
         paper, closed, (text, _) = _crossovers(results, d)
         lines.append(f"| {d} | {paper} | {closed} | {text} |")
 
-    lines += [
-        "",
-        f"## Forward+backward time (ms) as n grows, d = {o.width}, batch {o.batch}",
-        "",
-        "| layer type | " + " | ".join(f"n={n}" for n in o.lengths) + " |",
-        "| --- |" + " --- |" * len(o.lengths),
-    ]
-    for t in LAYER_TYPES:
-        cells = [f"{results.time[t.key, n, o.width].median * 1e3:.3g}" for n in o.lengths]
-        lines.append(f"| {t.name} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        f"## Forward+backward time (ms) as d grows, n = {o.length}, batch {o.batch}",
-        "",
-        "| layer type | " + " | ".join(f"d={d}" for d in o.widths) + " |",
-        "| --- |" + " --- |" * len(o.widths),
-    ]
-    for t in LAYER_TYPES:
-        cells = [f"{results.time[t.key, o.length, d].median * 1e3:.3g}" for d in o.widths]
-        lines.append(f"| {t.name} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        f"## Forward time (ms) at batch 1, d = {o.width}",
-        "",
-        "| layer type | " + " | ".join(f"n={n}" for n in o.lengths) + " | exponent in n |",
-        "| --- |" + " --- |" * (len(o.lengths) + 1),
-    ]
-    for key in LAYER_KEYS:
-        series = {n: results.latency[key, n].median for n in o.lengths}
-        cells = [f"{series[n] * 1e3:.3g}" for n in o.lengths]
-        name = next(t.name for t in LAYER_TYPES if t.key == key)
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {exponent(series, up_n):.2f} |")
+    n_sweep = {
+        t.name: {n: results.time[t.key, n, o.width].median for n in o.lengths} for t in LAYER_TYPES
+    }
+    d_sweep = {
+        t.name: {d: results.time[t.key, o.length, d].median for d in o.widths} for t in LAYER_TYPES
+    }
+    batch1 = {t.name: {n: results.latency[t.key, n].median for n in o.lengths} for t in LAYER_TYPES}
+    lines += _ms_table(
+        f"Forward+backward time (ms) as n grows, d = {o.width}, batch {o.batch}", "n", n_sweep
+    )
+    lines += _ms_table(
+        f"Forward+backward time (ms) as d grows, n = {o.length}, batch {o.batch}", "d", d_sweep
+    )
+    lines += _ms_table(
+        f"Forward time (ms) at batch 1, d = {o.width}",
+        "n",
+        batch1,
+        exponent_points=up_n,
+    )
     lstm_per_step = results.latency["recurrent", o.lengths[-1]].median / o.lengths[-1]
 
     lines += [

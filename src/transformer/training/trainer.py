@@ -152,10 +152,6 @@ class Trainer:
         return self.progress.train_seconds
 
     @property
-    def best(self) -> float | None:
-        return self.progress.best
-
-    @property
     def interrupted(self) -> bool:
         """Whether the last `train()` stopped on SIGINT or SIGTERM (a checkpoint was saved)."""
         return self.stopped_by is not None

@@ -21,14 +21,16 @@ import torch
 from transformer.data.batching import TokenBatchSampler, collate
 from transformer.data.dataset import ParallelDataset, load_split
 from transformer.data.tokenizer import SubwordTokenizer
-from transformer.decoding.batching import length_batches
-from transformer.decoding.engine import TorchEngine
-from transformer.decoding.generate import max_output_lengths
+from transformer.decoding.engine import (
+    TorchEngine,
+    decode_batches,
+    hypothesis_ids,
+    max_source_subwords,
+)
 from transformer.decoding.options import DecodeOptions
 from transformer.model import Transformer
 from transformer.training.config import RunConfig
 from transformer.training.loss import label_smoothed_nll_loss
-from transformer.vocab import EOS_ID
 
 
 class Validator:
@@ -127,23 +129,17 @@ def best_translations(
     """The best hypothesis of each source as text: greedy for `beam` 1, else beam search with
     the decoding defaults (GNMT alpha 0.6, at most source + 50 tokens). Sources longer than a
     learned-position model's table are cut to it; an empty source gives an empty line."""
-    options = DecodeOptions(method="greedy") if beam == 1 else DecodeOptions(beam=beam)
+    method = "greedy" if beam == 1 else "beam"
+    options = DecodeOptions(method=method, beam=beam, max_tokens=max_tokens)
     engine = TorchEngine([model], device)
-    cap = None if engine.max_positions is None else engine.max_positions - 1
+    cap = max_source_subwords(engine)
     ids = [seq[:cap] for seq in tokenizer.encode_batch(sources)]
     outputs = [""] * len(sources)
     todo = [i for i, seq in enumerate(ids) if seq and sources[i].strip()]
-    lengths = [len(ids[i]) + 1 for i in todo]
-    for batch in length_batches(lengths, max_tokens, options.max_sentences):
-        rows = [todo[j] for j in batch]
-        src_lengths = torch.tensor([len(ids[i]) for i in rows])
-        max_len = max_output_lengths(src_lengths, options.max_len_a, options.max_len_b, cap)
-        out = engine.generate([[*ids[i], EOS_ID] for i in rows], max_len, options)
-        best = out.tokens[:, 0].tolist()  # (N, T): EOS included, then PAD
-        lengths = out.lengths[:, 0].tolist()  # |Y|, EOS counted
-        texts = tokenizer.decode_batch([t[: max(n - 1, 0)] for t, n in zip(best, lengths)])
-        for i, text in zip(rows, texts):
-            outputs[i] = text
+    for batch, out in decode_batches(engine, [ids[i] for i in todo], options):
+        best = [hyps[0] for hyps in hypothesis_ids(out)]
+        for j, text in zip(batch, tokenizer.decode_batch(best)):
+            outputs[todo[j]] = text
     return outputs
 
 
