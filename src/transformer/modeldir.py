@@ -4,6 +4,8 @@
       config.json        # the ModelConfig fields
       model.safetensors  # the unwrapped Transformer's weights (a shared embedding stored once)
       tokenizer.json     # the joint subword tokenizer (Hugging Face `tokenizers` format)
+      task.json          # only for tasks other than translation: e.g. {"name": "parsing",
+                         # "decoding": {...}}, copied from the data directory's manifest
 
 `transformer average` writes one; every training checkpoint is one too (with extra files beside),
 so `Translator.from_pretrained` accepts either. Directories are written to a temporary sibling and
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -28,14 +31,21 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE)
+TASK_FILE = "task.json"  # optional: absent for translation
 
 
 class ModelDirError(ValueError):
     """A model directory is missing a file, holds a corrupt one, or its parts do not match."""
 
 
-def write_model_files(directory: Path, model: Transformer, tokenizer: SubwordTokenizer) -> None:
-    """Write the three files into an existing (temporary) directory, without renaming anything."""
+def write_model_files(
+    directory: Path,
+    model: Transformer,
+    tokenizer: SubwordTokenizer,
+    task: dict[str, Any] | None = None,
+) -> None:
+    """Write the model files into an existing (temporary) directory, without renaming anything;
+    `task` (the data manifest's record of a task other than translation) goes to task.json."""
     (directory / CONFIG_FILE).write_text(
         json.dumps(model.config.to_dict(), indent=2) + "\n", encoding="utf-8"
     )
@@ -45,9 +55,16 @@ def write_model_files(directory: Path, model: Transformer, tokenizer: SubwordTok
         metadata={"format": "pt", "tokenizer_sha256": tokenizer.sha256},
     )
     tokenizer.save(directory / TOKENIZER_FILE)
+    if task is not None:
+        (directory / TASK_FILE).write_text(json.dumps(task, indent=2) + "\n", encoding="utf-8")
 
 
-def save_model_dir(directory: Path | str, model: Transformer, tokenizer: SubwordTokenizer) -> Path:
+def save_model_dir(
+    directory: Path | str,
+    model: Transformer,
+    tokenizer: SubwordTokenizer,
+    task: dict[str, Any] | None = None,
+) -> Path:
     """Write a model directory atomically (an existing one is replaced only once complete)."""
     out = Path(directory)
     if model.config.vocab_size != tokenizer.vocab_size:
@@ -56,7 +73,7 @@ def save_model_dir(directory: Path | str, model: Transformer, tokenizer: Subword
             f"{tokenizer.vocab_size}"
         )
     with atomic_directory(out) as tmp:
-        write_model_files(tmp, model, tokenizer)
+        write_model_files(tmp, model, tokenizer, task)
     return out
 
 
@@ -72,6 +89,22 @@ def load_model_config(directory: Path | str) -> ModelConfig:
         raise ModelDirError(f"{path}: not valid JSON ({e})") from e
     except ConfigError as e:
         raise ModelDirError(f"{path}: {e}") from e
+
+
+def load_task(directory: Path | str) -> dict[str, Any] | None:
+    """The task record of a model directory (its task.json), or None for a translation model."""
+    path = Path(directory) / TASK_FILE
+    if not path.is_file():
+        return None
+    try:
+        task = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelDirError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(task, dict) or not isinstance(task.get("name"), str):
+        raise ModelDirError(f'{path}: expected an object with a "name" (e.g. "parsing")')
+    if not isinstance(task.get("decoding", {}), dict):
+        raise ModelDirError(f'{path}: "decoding" must be an object of decoding options')
+    return task
 
 
 def load_model_dir(

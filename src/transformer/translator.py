@@ -28,6 +28,15 @@ an exported model has a fixed position table (`export.json`), so its inputs are 
 those of a learned-position model are.
 
     fast = Translator.from_pretrained("work/model-ct2", engine="ctranslate2")
+
+Tasks. A model directory may record a task other than translation (`task.json`, see
+`transformer.modeldir`): its decoding defaults replace the paper's translation defaults for every
+option the caller does not give, and for a parser (`task["name"] == "parsing"`) each hypothesis's
+`text` is a bracketed tree over the input's words (`transformer.data.trees.delinearise`: always
+well-formed, the words restored in order), its model output kept in `Hypothesis.sequence`.
+
+    parser = Translator.from_pretrained("work/gum-model")       # beam 21, alpha 0.3, input + 300
+    parser.translate(["The dog barks ."])   # ["(ROOT (S (NP (XX The) (XX dog)) (VP (XX barks)) (XX .)))"]
 """
 
 from __future__ import annotations
@@ -36,12 +45,14 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from transformer.config import ConfigError
 from transformer.data.tokenizer import SubwordTokenizer
+from transformer.data.trees import PARSING_TASK, delinearise, to_string
 from transformer.decoding.engine import (
     ENGINES,
     Engine,
@@ -54,7 +65,7 @@ from transformer.decoding.engine import (
 from transformer.decoding.generate import Generated
 from transformer.decoding.options import DecodeOptions
 from transformer.model import Transformer
-from transformer.modeldir import ModelDirError, load_model_dir
+from transformer.modeldir import ModelDirError, load_model_dir, load_task
 from transformer.vocab import BOS_ID, EOS_ID, PAD_ID
 
 __all__ = ["AttentionMaps", "DecodeOptions", "Hypothesis", "Translation", "Translator"]
@@ -70,6 +81,7 @@ class Hypothesis:
     tokens: list[int]
     log_prob: float
     score: float
+    sequence: str | None = None  # a parser's decoded output, before it became the tree `text`
 
 
 @dataclass
@@ -124,6 +136,7 @@ class Translator:
         models: Sequence[Transformer],
         tokenizer: SubwordTokenizer,
         device: torch.device | str = "cpu",
+        task: dict[str, Any] | None = None,
     ):
         if not models:
             raise ValueError("a Translator needs at least one model")
@@ -133,10 +146,12 @@ class Translator:
                     f"model {i} has vocab_size {model.config.vocab_size} but the tokenizer has "
                     f"{tokenizer.vocab_size} tokens; the tokenizer does not belong to this model"
                 )
-        self._attach_engine(TorchEngine(models, device), tokenizer)
+        self._attach_engine(TorchEngine(models, device), tokenizer, task)
 
     @classmethod
-    def from_engine(cls, engine: Engine, tokenizer: SubwordTokenizer) -> Translator:
+    def from_engine(
+        cls, engine: Engine, tokenizer: SubwordTokenizer, task: dict[str, Any] | None = None
+    ) -> Translator:
         """A Translator over any engine (e.g. `CTranslate2Engine`), with this tokenizer."""
         if engine.vocab_size != tokenizer.vocab_size:
             raise ModelDirError(
@@ -144,15 +159,34 @@ class Translator:
                 f"tokenizer has {tokenizer.vocab_size}; the tokenizer does not belong to it"
             )
         translator = cls.__new__(cls)
-        translator._attach_engine(engine, tokenizer)
+        translator._attach_engine(engine, tokenizer, task)
         return translator
 
-    def _attach_engine(self, engine: Engine, tokenizer: SubwordTokenizer) -> None:
+    def _attach_engine(
+        self, engine: Engine, tokenizer: SubwordTokenizer, task: dict[str, Any] | None
+    ) -> None:
         self.engine = engine
         self.models = engine.models  # PyTorch models (torch engine only): attention, plots
         self.tokenizer = tokenizer
         self.device = torch.device(getattr(engine, "device", "cpu"))
         self.max_positions: int | None = engine.max_positions
+        self.task = task
+        defaults = dict((task or {}).get("decoding", {}))
+        try:
+            DecodeOptions.from_kwargs(defaults)
+        except ConfigError as e:
+            raise ModelDirError(f"the decoding defaults of the model's task: {e}") from e
+        self.decode_defaults: dict[str, Any] = defaults
+
+    @property
+    def task_name(self) -> str:
+        """ "translation", or the task its model directory records (e.g. "parsing")."""
+        return (self.task or {}).get("name", "translation")
+
+    def options(self, **options: Any) -> DecodeOptions:
+        """The DecodeOptions of a call: `options`, then the model's task defaults, then the
+        paper's. Raises ConfigError naming an unknown or invalid option."""
+        return DecodeOptions.from_kwargs({**self.decode_defaults, **options})
 
     @classmethod
     def from_pretrained(
@@ -187,7 +221,7 @@ class Translator:
                 )
             from transformer.decoding.ct2_engine import load_ctranslate2_dir
 
-            return cls.from_engine(*load_ctranslate2_dir(dirs[0], device))
+            return cls.from_engine(*load_ctranslate2_dir(dirs[0], device), load_task(dirs[0]))
         models, tokenizer = [], None
         for d in dirs:
             model, tok = load_model_dir(d, device)
@@ -199,7 +233,7 @@ class Translator:
             models.append(model)
             tokenizer = tokenizer or tok
         assert tokenizer is not None
-        return cls(models, tokenizer, device)
+        return cls(models, tokenizer, device, load_task(dirs[0]))
 
     # ------------------------------------------------------------------------------------ API
 
@@ -227,7 +261,7 @@ class Translator:
 
         `progress(n)` is called after each batch with the number of inputs it held.
         """
-        opts = DecodeOptions.from_kwargs(options)
+        opts = self.options(**options)
         problems = self.engine.problems(opts, attention)
         if problems:
             raise ConfigError(f"decoding options for engine {self.engine.name}", problems)
@@ -255,6 +289,8 @@ class Translator:
             for i, tr in zip(indices, translations):
                 tr.source, tr.truncated = str(texts[i]), truncated[i]
                 results[i] = tr
+                if self.task_name == PARSING_TASK:
+                    _as_trees(tr)
             if progress is not None:
                 progress(len(indices))
         return results  # type: ignore[return-value]
@@ -313,3 +349,11 @@ class Translator:
 
     def _token(self, token_id: int) -> str:
         return self.tokenizer.id_to_token(token_id) or f"<{token_id}>"
+
+
+def _as_trees(result: Translation) -> None:
+    """A parser's hypotheses as bracketed trees over the source's words (the outputs kept)."""
+    words = result.source.split()
+    for h in result.hypotheses:
+        h.sequence = h.text
+        h.text = to_string(delinearise(h.text, words).tree)

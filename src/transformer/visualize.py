@@ -483,7 +483,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from transformer.decoding.cli import decode_options, load_translator
     from transformer.modeldir import ModelDirError
-    from transformer.translator import DecodeOptions
 
     def fail(message: str) -> int:
         print(f"transformer visualize: {message}", file=sys.stderr)
@@ -494,8 +493,7 @@ def run(args: argparse.Namespace) -> int:
     if args.positions < 1:
         return fail(f"--positions must be at least 1, got {args.positions}")
     try:
-        options = decode_options(args)
-        DecodeOptions.from_kwargs(options)  # report bad options before loading anything
+        options = decode_options(args)  # bad options are reported before loading anything
         translator = load_translator(args)
         done = visualize(
             translator, args.text, args.out, n_positions=args.positions, dpi=args.dpi, **options

@@ -14,7 +14,12 @@ import pytest
 from transformer.cli import main
 from transformer.config import ConfigError, Limits, setting
 from transformer.decoding.cli import add_decode_arguments, decode_options
-from transformer.decoding.options import DecodeOptions, api_fields, cli_fields
+from transformer.decoding.options import (
+    DecodeOptions,
+    api_fields,
+    cli_fields,
+    options_from_flags,
+)
 from transformer.decoding.search import LENGTH_PENALTIES
 from transformer.serve import schemas
 from transformer.serve.schemas import DecodeParams, request_model, server_limits
@@ -31,8 +36,14 @@ def parser_for(options: type[DecodeOptions] = DecodeOptions) -> argparse.Argumen
 
 
 def parse(argv: list[str], options: type[DecodeOptions] = DecodeOptions) -> dict:
+    """Every option's value after these flags (the defaults for those not given)."""
     args = parser_for(options).parse_args(["--model", "m", *argv])
-    return decode_options(args, options)
+    return options_from_flags(args, options)
+
+
+def given(argv: list[str], options: type[DecodeOptions] = DecodeOptions) -> dict:
+    """The options these flags give, as the commands pass them on (see `Translator.options`)."""
+    return decode_options(parser_for(options).parse_args(["--model", "m", *argv]), options)
 
 
 def flag(name: str) -> str:
@@ -45,6 +56,22 @@ def flag(name: str) -> str:
 def test_every_option_but_the_library_knobs_is_a_flag_with_the_fields_default() -> None:
     assert set(FIELDS) - {f.name for f in cli_fields()} == {"max_sentences", "use_cache"}
     assert parse([]) == {f.name: f.default for f in cli_fields()}
+    assert given([]) == {}  # a model directory's task defaults (a parser's beam 21) apply
+
+
+def test_the_commands_pass_on_the_options_given_even_when_equal_to_a_default() -> None:
+    assert given(["--beam", "4", "--greedy"]) == {"beam": 4, "method": "greedy"}
+    assert given(["--alpha", "0.6", "--max-len-b", "50"]) == {"alpha": 0.6, "max_len_b": 50}
+    assert "(default 4)" in parser_for().format_help().replace("\n", " ").replace("  ", " ")
+
+
+def test_options_given_alone_are_checked_but_their_relations_wait_for_the_model() -> None:
+    with pytest.raises(ConfigError, match="beam"):
+        given(["--beam", "0"])
+    # nbest 8 > the paper's beam 4, but a parser's model directory sets beam 21
+    assert given(["--nbest", "8"]) == {"nbest": 8}
+    with pytest.raises(ConfigError, match="nbest"):
+        DecodeOptions.from_kwargs(given(["--nbest", "8"]))
     flags = set(parser_for()._option_string_actions)
     for f in cli_fields():
         switches = f.metadata.get("choice_flags")
@@ -63,7 +90,8 @@ def test_translate_evaluate_and_visualize_offer_every_flag(module: str) -> None:
         if switches:
             assert all(flags[flag(choice)].default is False for choice in switches), f.name
         else:
-            assert flags[flag(f.name)].default == f.default, f.name
+            default = flags[flag(f.name)].default  # wrapped: told apart from a given value
+            assert str(default) == str(f.default) and default.value == f.default, f.name
 
 
 def test_flags_set_their_field_with_its_type() -> None:

@@ -32,7 +32,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -81,12 +81,20 @@ def prepare(
     chunk_size: int = 10_000,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    task: Mapping[str, Any] | None = None,
+    copies: Mapping[str, Path] | None = None,
+    inputs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Build the data directory `out` from parallel text; returns its manifest.
 
     Trains a joint BPE tokenizer of `vocab_size` tokens on the training split (both languages),
     or uses the existing `tokenizer` file. `max_ratio=math.inf` disables the ratio filter.
     Raises DataError, leaving nothing behind, on any problem with the inputs or `out`.
+
+    For tasks whose data was turned into parallel text first (`transformer.data.treebank`):
+    `task` is recorded in the manifest (and from there in every model trained on it), `copies`
+    maps file names of the directory to files copied into it as plain text (e.g. gold trees),
+    and `inputs` replaces the recorded input files of the named splits by the original ones.
     """
     say = log or (lambda _msg: None)
     started = time.perf_counter()
@@ -164,6 +172,12 @@ def prepare(
             },
             "splits": split_info,
         }
+        for name, original in (inputs or {}).items():
+            split_info[name]["inputs"] = dict(original)
+        for name, path in (copies or {}).items():
+            _copy_text(path, tmp / name)
+        if task is not None:
+            manifest["task"] = dict(task)
         _write_json(tmp / MANIFEST, manifest)
     say(f"wrote {out} in {time.perf_counter() - started:.1f} s")
     return manifest
@@ -374,6 +388,13 @@ def _filter_reason(n_src: int, n_tgt: int, max_len: int, max_ratio: float) -> st
 # ---------------------------------------------------------------------------------- finishing
 
 
+def _copy_text(source: Path, target: Path) -> None:
+    """Copy a text file (plain or .gz, checked as UTF-8) as plain text with LF line ends."""
+    with open(target, "w", encoding="utf-8", newline="\n") as f:
+        for line in read_lines(source):
+            f.write(line + "\n")
+
+
 def _write_json(path: Path, data: Any) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, ensure_ascii=False)
@@ -386,9 +407,14 @@ def _write_json(path: Path, data: Any) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `transformer prepare`."""
     add = parser.add_argument
-    add("--src", required=True, metavar="LANG", help="source language code, e.g. de")
-    add("--tgt", required=True, metavar="LANG", help="target language code, e.g. en")
-    add("--train", required=True, metavar="PREFIX", help="reads PREFIX.SRC and PREFIX.TGT (.gz ok)")
+    add("--src", metavar="LANG", help="source language code, e.g. de (not with --trees)")
+    add("--tgt", metavar="LANG", help="target language code, e.g. en (not with --trees)")
+    add(
+        "--train",
+        required=True,
+        metavar="PREFIX",
+        help="reads PREFIX.SRC and PREFIX.TGT (.gz ok); with --trees, a treebank file",
+    )
     add("--valid", required=True, metavar="PREFIX", help="validation set, never filtered")
     add(
         "--test",
@@ -417,10 +443,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--max-ratio",
         type=float,
-        default=3.0,
+        default=None,
         metavar="R",
         help="drop training pairs whose longer side has more than R times the subwords of the "
-        "shorter; inf keeps all (default: %(default)s)",
+        "shorter; inf keeps all (default: 3, and inf with --trees)",
     )
     add(
         "--chunk-size",
@@ -431,29 +457,67 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--force", action="store_true", help="replace an existing data directory")
     add("--quiet", action="store_true", help="no progress bars and no summary")
+    g = parser.add_argument_group(
+        "parsing (see transformer.data.treebank)",
+        "With --trees, --train, --valid and --test name treebank files (one bracketed tree per "
+        "line, plain or .gz) and each tree becomes a pair: its sentence and its linearisation.",
+    )
+    g.add_argument("--trees", action="store_true", help="the inputs are treebanks")
+    g.add_argument(
+        "--placeholders",
+        action="store_true",
+        help="replace the words of the linearised trees by XX, as Vinyals et al. (default: keep "
+        "the words, which small models learn much faster)",
+    )
+    g.add_argument(
+        "--function-tags",
+        action="store_true",
+        help="keep function tags such as NP-SBJ (default: stripped, as for EVALB)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Run `transformer prepare`; bad input prints `error: ...` and returns 2."""
     log = None if args.quiet else print
+    common = {
+        "train": args.train,
+        "valid": args.valid,
+        "tests": args.test,
+        "out": args.out,
+        "vocab_size": args.vocab_size,
+        "tokenizer": args.tokenizer,
+        "max_len": args.max_len,
+        "min_frequency": args.min_frequency,
+        "force": args.force,
+        "chunk_size": args.chunk_size,
+        "progress": not args.quiet,
+        "log": log,
+    }
     try:
-        prepare(
-            src_lang=args.src,
-            tgt_lang=args.tgt,
-            train=args.train,
-            valid=args.valid,
-            tests=args.test,
-            out=args.out,
-            vocab_size=args.vocab_size,
-            tokenizer=args.tokenizer,
-            max_len=args.max_len,
-            max_ratio=args.max_ratio,
-            min_frequency=args.min_frequency,
-            force=args.force,
-            chunk_size=args.chunk_size,
-            progress=not args.quiet,
-            log=log,
-        )
+        if args.trees:
+            from transformer.data.treebank import prepare_treebank
+
+            if args.src or args.tgt:
+                raise DataError(
+                    "--src and --tgt are not used with --trees (the pairs are sentence -> tree)"
+                )
+            prepare_treebank(
+                words=not args.placeholders,
+                function_tags=args.function_tags,
+                max_ratio=math.inf if args.max_ratio is None else args.max_ratio,
+                **common,
+            )
+        else:
+            if args.placeholders or args.function_tags:
+                raise DataError("--placeholders and --function-tags need --trees")
+            if not (args.src and args.tgt):
+                raise DataError("give --src LANG and --tgt LANG (or --trees for a treebank)")
+            prepare(
+                src_lang=args.src,
+                tgt_lang=args.tgt,
+                max_ratio=3.0 if args.max_ratio is None else args.max_ratio,
+                **common,
+            )
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

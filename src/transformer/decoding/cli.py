@@ -53,8 +53,12 @@ def decode_options(
     args: argparse.Namespace, options: type[DecodeOptions] = DecodeOptions
 ) -> dict[str, Any]:
     """Keyword options for `Translator.translate_nbest` from arguments parsed with
-    `add_decode_arguments`."""
-    return options_from_flags(args, options)
+    `add_decode_arguments`: those given on the command line, so that a model directory's own
+    decoding defaults (a parser's beam 21) apply to the others; `Translator.options` resolves
+    them. Checked (ConfigError) as far as they go without the model."""
+    given = options_from_flags(args, options, given_only=True)
+    options.check_given(given)
+    return given
 
 
 def add_engine_argument(parser: argparse.ArgumentParser) -> None:
@@ -111,9 +115,9 @@ def run(args: argparse.Namespace) -> int:
     from transformer.modeldir import ModelDirError
 
     try:
-        options = decode_options(args)
-        DecodeOptions.from_kwargs(options)  # report bad options before loading anything
+        options = decode_options(args)  # bad options are reported before loading anything
         translator = load_translator(args)
+        nbest = translator.options(**options).nbest
         source: BinaryIO = sys.stdin.buffer if args.input == "-" else open_binary(Path(args.input))
     except (ConfigError, ModelDirError, DataError) as e:
         print(f"transformer translate: {e}", file=sys.stderr)
@@ -124,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     progress = _progress()
     try:
         for lines in _batches(source, max(1, args.buffer)):
-            _translate_lines(translator, lines, options, out)
+            _translate_lines(translator, lines, options, nbest, out)
             if progress is not None:
                 progress.update(len(lines))
     except BrokenPipeError:  # the reader went away (e.g. `| head`): stop quietly
@@ -140,7 +144,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _translate_lines(translator, lines: list[tuple[int, str]], options: dict, out: TextIO) -> None:
+def _translate_lines(
+    translator, lines: list[tuple[int, str]], options: dict, nbest: int, out: TextIO
+) -> None:
     """Translate one batch of (line number, text) and write its lines, then flush."""
     results = translator.translate_nbest([text for _, text in lines], **options)
     chunks = []
@@ -152,7 +158,7 @@ def _translate_lines(translator, lines: list[tuple[int, str]], options: dict, ou
                 f"{translator.max_source_subwords} subwords only",
                 file=sys.stderr,
             )
-        if options["nbest"] > 1:
+        if nbest > 1:
             for h in result.hypotheses:
                 chunks.append(
                     f"{lineno - 1} ||| {one_line(h.text)} ||| {h.score:.4f} ||| {h.log_prob:.4f}\n"

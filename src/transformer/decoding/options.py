@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from transformer.config import ConfigError, Limits, check_fields, setting
+from transformer.config import ConfigError, Limits, check_fields, field_problems, setting
 from transformer.decoding.search import LENGTH_PENALTIES, LengthPenalty
 
 Method = Literal["beam", "greedy", "sample"]
@@ -169,6 +169,21 @@ class DecodeOptions:
             )
         return cls(**options)
 
+    @classmethod
+    def check_given(cls, options: Mapping[str, Any]) -> None:
+        """Check some options on their own (unknown names, types, limits), leaving the rules
+        between fields to the complete options (a model's defaults may fill the others)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        problems = [f"{name}: unknown option" for name in unknown]
+        if not problems:
+            probe = object.__new__(cls)
+            for f in dataclasses.fields(cls):
+                object.__setattr__(probe, f.name, options.get(f.name, f.default))
+            problems = field_problems(probe)
+        if problems:
+            raise ConfigError("decoding options", problems)
+
     @property
     def penalty(self) -> LengthPenalty:
         """The length penalty function lp(|Y|, alpha) that `length_penalty` names."""
@@ -222,23 +237,49 @@ def add_option_flags(
         if f.metadata.get("metavar"):
             extra["metavar"] = f.metadata["metavar"]
         g.add_argument(
-            f"--{_flag(f.name)}", dest=f.name, default=f.default, help=f.metadata["help"], **extra
+            f"--{_flag(f.name)}",
+            dest=f.name,
+            default=_Default(f.default),
+            help=f.metadata["help"],
+            **extra,
         )
 
 
+class _Default:
+    """A flag's default, told apart from the same value given on the command line (a model
+    directory's decoding defaults replace the former only); prints as the value in --help."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    __repr__ = __str__
+
+
 def options_from_flags(
-    args: argparse.Namespace, options: type[DecodeOptions] = DecodeOptions
+    args: argparse.Namespace,
+    options: type[DecodeOptions] = DecodeOptions,
+    given_only: bool = False,
 ) -> dict[str, Any]:
     """Keyword options (the fields of `options` that have a flag) from arguments parsed after
-    `add_option_flags`."""
+    `add_option_flags`: every such field, or with `given_only` those given on the command line
+    (the others are then left to the model's defaults, see `Translator.options`)."""
     values: dict[str, Any] = {}
     for f in cli_fields(options):
         switches = f.metadata.get("choice_flags")
         if switches:
             chosen = [value for value in switches if getattr(args, _flag(value).replace("-", "_"))]
-            values[f.name] = chosen[0] if chosen else f.default
-        else:
-            values[f.name] = getattr(args, f.name)
+            if chosen or not given_only:
+                values[f.name] = chosen[0] if chosen else f.default
+            continue
+        value = getattr(args, f.name)
+        if isinstance(value, _Default):
+            if given_only:
+                continue
+            value = value.value
+        values[f.name] = value
     return values
 
 

@@ -1,7 +1,7 @@
 """Conversion of a model directory into a CTranslate2 model directory (`transformer export`).
 
 The directory written (model.bin, config.json, shared_vocabulary.json, tokenizer.json,
-transformer_config.json, export.json) is described in `transformer.ct2_format`, whose names the
+transformer_config.json, export.json, and task.json when the model has one) is described in `transformer.ct2_format`, whose names the
 engine reads too.
 
 How our Transformer maps onto CTranslate2's `TransformerSpec` (checked against the ctranslate2 4.x
@@ -48,6 +48,7 @@ from transformer.model.attention import MultiHeadAttention
 from transformer.model.embeddings import sinusoid_table
 from transformer.modeldir import (
     CONFIG_FILE,
+    TASK_FILE,
     TOKENIZER_FILE,
     ModelDirError,
     load_model_config,
@@ -290,6 +291,8 @@ def export_ctranslate2(
         spec.save(str(tmp))  # model.bin, config.json, shared_vocabulary.json
         shutil.copyfile(model_dir / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
         shutil.copyfile(model_dir / CONFIG_FILE, tmp / SOURCE_CONFIG_FILE)
+        if (model_dir / TASK_FILE).is_file():  # a parser stays a parser (its decoding defaults)
+            shutil.copyfile(model_dir / TASK_FILE, tmp / TASK_FILE)
         meta = {
             "format": "ctranslate2",
             "quantization": quantization,

@@ -165,7 +165,7 @@ def create_app(
         summary="Translate texts (n-best with scores)",
     )
     async def translate(request: TranslateRequest) -> TranslateResponse:
-        options = _validated(request, request.texts, "texts", settings)
+        options = _validated(request, request.texts, "texts", settings, state.translator)
         batcher = state.ready_batcher()
         _check_engine(state.translator, options, attention=False)
         results = await batcher.submit(request.texts, options)
@@ -178,7 +178,7 @@ def create_app(
         summary="Translate one sentence and return every attention weight",
     )
     async def attention(request: AttentionRequest) -> Response:
-        options = _validated(request, [request.text], "text", settings)
+        options = _validated(request, [request.text], "text", settings, state.translator)
         batcher = state.ready_batcher()
         _check_engine(state.translator, options, attention=True)
         (result,) = await batcher.submit([request.text], options, attention=True)
@@ -247,10 +247,13 @@ def _validated(
     texts: list[str],
     field: str,
     settings: ServeSettings,
+    translator: Translator | None,
 ) -> DecodeOptions:
-    """The request's DecodeOptions, or RequestError naming every problem at once."""
+    """The request's DecodeOptions (the model's own decoding defaults, e.g. a parser's, for the
+    fields it does not set), or RequestError naming every problem at once."""
     problems = check_texts(texts, settings, field)
-    options, option_problems = decode_options(request, settings)
+    defaults = getattr(translator, "decode_defaults", None)  # None: not loaded yet
+    options, option_problems = decode_options(request, settings, defaults=defaults)
     problems += option_problems
     if problems or options is None:
         raise RequestError(problems)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -218,12 +219,23 @@ def check_texts(texts: list[str], settings: ServeSettings, field: str) -> list[t
 
 
 def decode_options(
-    params: BaseModel, settings: ServeSettings, options: type[DecodeOptions] = DecodeOptions
+    params: BaseModel,
+    settings: ServeSettings,
+    options: type[DecodeOptions] = DecodeOptions,
+    defaults: Mapping[str, Any] | None = None,
 ) -> tuple[DecodeOptions | None, list[tuple[str, str]]]:
     """The `options` a request asks for, or the problems with it (field, message): those of
-    `options` itself, then the server's limits on every field that passed its own checks."""
+    `options` itself, then the server's limits on every field that passed its own checks.
+
+    `defaults`: the model directory's decoding defaults (a parser's beam 21), used for the fields
+    the request does not set; the server's limits bound what clients ask for, not these."""
     fields = api_fields(options)
-    values = {f.name: getattr(params, f.name) for f in fields}
+    defaults = {
+        name: value
+        for name, value in (defaults or {}).items()
+        if name not in params.model_fields_set and name in {f.name for f in fields}
+    }
+    values = {f.name: defaults.get(f.name, getattr(params, f.name)) for f in fields}
     # One `generate` call takes at most the batcher's token budget (without batching: the default).
     max_tokens = settings.max_batch_tokens if settings.batching else options().max_tokens
     problems: list[tuple[str, str]] = []
@@ -238,7 +250,9 @@ def decode_options(
     for f in fields:
         limits = server_limits(f, settings)
         value = values[f.name]
-        if limits is None or value is None or f.name in reported or limits.allows(value):
+        if f.name in defaults or limits is None or value is None or f.name in reported:
+            continue
+        if limits.allows(value):
             continue
         setting_name = f.metadata.get("server_max")
         why = f" (the server's {setting_name})" if setting_name else ""

@@ -21,6 +21,7 @@ from transformer.modeldir import (
     WEIGHTS_FILE,
     ModelDirError,
     load_model_config,
+    load_task,
     save_model_dir,
 )
 from transformer.training.checkpoint import CheckpointError, list_checkpoints, verify_checkpoint
@@ -79,7 +80,7 @@ def average_run(run_dir: Path | str, last: int, out: Path | str) -> list[Path]:
     if unexpected or set(missing) - shared:
         raise ModelDirError(f"{intact[-1]}: weights do not match its config.json")
     tokenizer = SubwordTokenizer.from_file(intact[-1] / TOKENIZER_FILE)
-    save_model_dir(out, model, tokenizer)
+    save_model_dir(out, model, tokenizer, load_task(intact[-1]))
     return intact
 
 

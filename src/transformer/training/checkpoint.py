@@ -66,11 +66,14 @@ def save_checkpoint(
     trainer_state: dict[str, Any],
     run_config: dict[str, Any],
     keep_last: int,
+    task: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the checkpoint of update `step` atomically and delete all but the newest `keep_last`."""
+    """Write the checkpoint of update `step` atomically and delete all but the newest `keep_last`.
+
+    `task`: the data's task record (see `transformer.modeldir`), kept with the model."""
     out = checkpoint_dir(Path(run_dir), step)
     with atomic_directory(out) as tmp:
-        write_model_files(tmp, model, tokenizer)
+        write_model_files(tmp, model, tokenizer, task)
         torch.save(trainer_state, tmp / TRAINER_STATE)
         (tmp / RUN_CONFIG).write_text(json.dumps(run_config, indent=2) + "\n", encoding="utf-8")
         sums = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}

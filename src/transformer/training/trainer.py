@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from transformer.data.batching import Batch, TokenBatchSampler, collate
-from transformer.data.dataset import load_split, load_tokenizer
+from transformer.data.dataset import load_split, load_tokenizer, read_manifest
 from transformer.data.errors import DataError
 from transformer.model import Transformer
 from transformer.modeldir import save_model_dir
@@ -81,6 +81,8 @@ class Trainer:
         # Data: the tokenizer fixes the vocabulary, hence the model's size.
         data_dir = Path(config.data.dir)
         self.tokenizer = load_tokenizer(data_dir)  # also checks the manifest
+        # A task other than translation (e.g. parsing) travels with every model written.
+        self.task: dict[str, Any] | None = read_manifest(data_dir).get("task")
         self.train_data = load_split(data_dir, "train")
         if len(self.train_data) == 0:
             raise DataError(f"{data_dir}: the training split is empty")
@@ -495,7 +497,7 @@ class Trainer:
             p.best = value
             p.bad_validations = 0
             if self.dist.is_main:
-                save_model_dir(self.run_dir / BEST, self.model, self.tokenizer)
+                save_model_dir(self.run_dir / BEST, self.model, self.tokenizer, self.task)
         else:
             p.bad_validations += 1
         result["best"] = p.best
@@ -545,6 +547,7 @@ class Trainer:
                 state,
                 self.config.to_dict(),
                 keep_last=self.config.train.keep_last,
+                task=self.task,
             )
         self.last_save_step = self.step
         self._last_save_time = time.monotonic()

@@ -1,0 +1,222 @@
+"""Parsing as translation, end to end: a treebank prepared, a tiny parser trained on a synthetic
+grammar, and every command (translate, evaluate, visualize, export, serve) treating the model
+directory as the parser it records."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.parsing.grammar import sample_trees
+from tests.training.conftest import run_config
+from transformer.cli import main
+from transformer.data import read_manifest
+from transformer.data.errors import DataError
+from transformer.data.treebank import prepare_treebank, split_name
+from transformer.data.trees import PARSING_DECODING, parse_tree, sentence
+from transformer.modeldir import TASK_FILE, load_task
+from transformer.training.average import average_run
+from transformer.training.trainer import Trainer
+from transformer.translator import Translator
+
+
+def write_treebank(path: Path, trees: list[str]) -> Path:
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write("".join(t + "\n" for t in trees))
+    return path
+
+
+@pytest.fixture(scope="module")
+def treebank(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("treebank")
+    return {
+        "train": write_treebank(root / "train.trees.gz", sample_trees(600, seed=1)),
+        "dev": write_treebank(root / "dev.trees.gz", sample_trees(40, seed=2)),
+        "test": write_treebank(root / "test.trees.gz", sample_trees(60, seed=3)),
+    }
+
+
+@pytest.fixture(scope="module")
+def parsing_data(treebank: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "gum"
+    prepare_treebank(
+        train=treebank["train"],
+        valid=treebank["dev"],
+        tests=[treebank["test"]],
+        out=out,
+        vocab_size=300,
+        max_ratio=float("inf"),
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def parser_dir(parsing_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny parser trained for 1,000 updates (about 20 s on one core), averaged."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run = tmp_path_factory.mktemp("run")
+        config = run_config(
+            parsing_data,
+            model={
+                "d_model": 64,
+                "n_heads": 4,
+                "d_ff": 128,
+                "n_encoder_layers": 2,
+                "n_decoder_layers": 2,
+                "dropout": 0.0,
+            },
+            data={"max_tokens": 1200},
+            optim={"warmup": 100, "lr_factor": 0.7},
+            train={"max_updates": 1000, "save_every": 50, "log_every": 100, "progress": False},
+        )
+        Trainer(config, run, log=lambda m: None).train()
+        average_run(run, last=3, out=run / "model")
+        return run / "model"
+    finally:
+        torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------------------ prepare
+
+
+def test_a_treebank_becomes_sentence_tree_pairs_and_the_manifest_records_the_task(
+    parsing_data: Path, treebank: dict[str, Path]
+) -> None:
+    manifest = read_manifest(parsing_data)
+    assert manifest["task"] == {
+        "name": "parsing",
+        "words": True,
+        "function_tags": False,
+        "decoding": PARSING_DECODING,
+    }
+    assert set(manifest["splits"]) == {"train", "valid", "test"}
+    assert manifest["splits"]["test"]["inputs"]["trees"]["path"] == str(treebank["test"])
+    gold = sample_trees(60, seed=3)
+    assert (parsing_data / "test.trees.txt").read_text().splitlines() == gold
+    sources = (parsing_data / "test.src.txt").read_text().splitlines()
+    targets = (parsing_data / "test.tgt.txt").read_text().splitlines()
+    assert sources[0] == sentence(parse_tree(gold[0]))
+    assert all("XX" not in t and "-SBJ" not in t and "(ROOT" not in t for t in targets)
+    assert targets[0].split()[-2:] == [".", ")"]
+
+
+def test_split_names_drop_the_treebank_suffixes() -> None:
+    assert split_name("gum/test.trees.gz") == "test"
+    assert split_name("test2.trees") == "test2"
+    assert split_name("wsj_23.mrg") == "wsj_23"
+
+
+def test_a_bad_tree_is_refused_with_its_file_and_line_and_nothing_is_written(
+    tmp_path: Path, treebank: dict[str, Path]
+) -> None:
+    bad = write_treebank(tmp_path / "dev.trees.gz", [*sample_trees(3, seed=5), "(S (NP (NN x)"])
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match=r"dev\.trees\.gz:4: .*never closed"):
+        prepare_treebank(train=treebank["train"], valid=bad, out=out, vocab_size=300)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == [bad]
+
+
+def test_the_prepare_command_takes_treebanks_and_refuses_languages_with_them(
+    tmp_path: Path, treebank: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    common = ["prepare", "--train", str(treebank["train"]), "--valid", str(treebank["dev"])]
+    common += ["--vocab-size", "300", "--quiet"]
+    assert main([*common, "--trees", "--src", "en", "--out", str(tmp_path / "a")]) == 2
+    assert "--src and --tgt are not used with --trees" in capsys.readouterr().err
+    assert main([*common, "--out", str(tmp_path / "b")]) == 2
+    assert "--src LANG and --tgt LANG" in capsys.readouterr().err
+    out = tmp_path / "c"
+    assert main([*common, "--trees", "--placeholders", "--out", str(out)]) == 0
+    task = read_manifest(out)["task"]
+    assert task["words"] is False and task["name"] == "parsing"
+    assert "the" not in (out / "valid.tgt.txt").read_text().split()
+
+
+# ------------------------------------------------------------------------------------ the parser
+
+
+def test_every_model_directory_of_a_parsing_run_records_the_task(parser_dir: Path) -> None:
+    run = parser_dir.parent
+    task = load_task(parser_dir)
+    assert task is not None and task["name"] == "parsing"
+    assert task["decoding"] == PARSING_DECODING
+    for checkpoint in (run / "checkpoints").iterdir():
+        assert json.loads((checkpoint / TASK_FILE).read_text()) == task
+    assert (run / "best" / TASK_FILE).is_file() or not (run / "best").exists()
+
+
+def test_a_tiny_parser_learns_the_grammar_and_evaluate_reports_bracket_f1(
+    parser_dir: Path, treebank: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["evaluate", "--model", str(parser_dir), "--ref", str(treebank["test"]), "--json"]
+    assert main([*argv, "--threads", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["task"] == "parsing"
+    assert report["decoding"]["beam"] == 21 and report["decoding"]["alpha"] == 0.3
+    assert report["decoding"]["max_len_b"] == 300
+    assert report["sentences"] == 60
+    assert report["f1"] >= 90.0, report  # 94 when written
+    assert report["exact_match"] >= 80.0, report
+    assert report["well_formed"] >= 80.0, report
+    # The baseline is far below: right-branching trees get some spans but few labels.
+    assert report["right_branching"]["f1"] < 50.0 < report["right_branching"]["unlabeled_f1"]
+    assert report["unlabeled_f1"] >= report["f1"]
+
+
+def test_explicit_options_replace_the_parsers_defaults(
+    parser_dir: Path, treebank: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["evaluate", "--model", str(parser_dir), "--ref", str(treebank["test"]), "--json"]
+    assert main([*argv, "--greedy", "--threads", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["decoding"]["method"] == "greedy"
+    assert report["decoding"]["max_len_b"] == 300  # the others stay the model's
+    assert main([*argv, "--beam", "4", "--threads", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["decoding"]["beam"] == 4
+
+
+def test_translate_prints_one_well_formed_tree_per_line_over_the_input_words(
+    parser_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = ["Kim sees the big dog .", "", "a cat slept in the park ."]
+    source = tmp_path / "in.txt"
+    source.write_text("".join(line + "\n" for line in lines))
+    assert main(["translate", "--model", str(parser_dir), "--input", str(source)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 3 and out[1] == ""
+    for line, tree in zip(lines, out):
+        if line:
+            parsed = parse_tree(tree)
+            assert parsed.label == "ROOT" and parsed.leaves() == line.split()
+    assert out[0] == (
+        "(ROOT (S (NP (XX Kim)) (VP (XX sees) (NP (XX the) (XX big) (XX dog))) (XX .)))"
+    )
+
+
+def test_the_translator_keeps_the_model_output_beside_the_tree(parser_dir: Path) -> None:
+    parser = Translator.from_pretrained(parser_dir)
+    assert parser.task_name == "parsing"
+    assert parser.options().beam == 21
+    (result,) = parser.translate_nbest(["Lee ran ."], nbest=2)
+    best = result.hypotheses[0]
+    assert best.sequence is not None and best.sequence.startswith("(S")
+    assert parse_tree(best.text).leaves() == ["Lee", "ran", "."]
+    assert len(result.hypotheses) == 2
+
+
+def test_visualize_draws_the_attention_of_a_parser(
+    parser_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "maps"
+    argv = ["visualize", "--model", str(parser_dir), "--text", "Kim sees the dog .", "--out"]
+    assert main([*argv, str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "(ROOT (S" in printed
+    assert any(p.suffix == ".png" for p in out.iterdir())
