@@ -270,8 +270,8 @@ def delinearise(sequence: str, words: list[str]) -> Delinearised:
     empty = _drop_empty(root)
     missing = len(words) - n_words
     if missing:
-        phrases = [c for c in root.children if isinstance(c, Tree) and not c.is_preterminal]
-        host = phrases[0] if phrases else root
+        last = root.children[-1] if root.children else None
+        host = last if isinstance(last, Tree) and not last.is_preterminal else root
         host.children.extend(Tree(PLACEHOLDER, [escape(w)]) for w in words[n_words:])
     roots = max(0, len(root.children) - 1)
     return Delinearised(root, unclosed, unopened, missing, extra, empty, roots)

@@ -4,11 +4,13 @@ EVALB (Sekine and Collins, 1997) with its standard parameter file COLLINS.prm is
 results are reported, the paper's 91.3 F1 included. What it scores, and so what we score:
 
 - a bracket is (label, first word, last word) of a phrase node: part-of-speech tags (the nodes
-  right above the words) are not brackets, and the root (TOP, or ROOT in GUM) is deleted;
+  right above the words) are not brackets, and the root (TOP, or ROOT in GUM) is deleted (a tree
+  without such a root, "(S ...)", has its S scored);
 - labels lose their function tags and indices (NP-SBJ-1 -> NP, NP=2 -> NP), and ADVP and PRT
   count as the same label;
 - punctuation words, those whose gold part-of-speech tag is one of , : `` '' . , are deleted from
-  both trees before spans are counted; a bracket left without words is dropped;
+  both trees before spans are counted (and so are empty elements, -NONE-); a bracket left
+  without words is dropped;
 - brackets are matched as multisets: a bracket of the output matches at most one equal gold
   bracket, so a unary chain NP -> NP counts twice on both sides;
 - corpus precision = matched / output brackets, recall = matched / gold brackets (sums over
@@ -28,7 +30,8 @@ from dataclasses import dataclass
 from transformer.data.trees import Tree, strip_function_tags
 
 PUNCTUATION_TAGS = frozenset({",", ":", "``", "''", "."})  # COLLINS.prm DELETE_LABEL
-DELETED_LABELS = frozenset({"TOP", "ROOT", "-NONE-"})
+DELETED_LABELS = frozenset({"TOP", "ROOT", "-NONE-"})  # brackets never scored
+DELETED_TAGS = PUNCTUATION_TAGS | {"-NONE-"}  # words deleted before spans are counted
 EQUIVALENT_LABELS = {"PRT": "ADVP"}  # COLLINS.prm EQ_LABEL ADVP PRT
 
 Bracket = tuple[str, int, int]  # (label, first word, one past the last word), punctuation removed
@@ -44,7 +47,7 @@ def brackets(tree: Tree, punctuation: Sequence[bool], labeled: bool = True) -> C
     position = 0  # index over all words
     kept = 0  # index over kept words
 
-    def walk(node: Tree, is_root: bool) -> None:
+    def walk(node: Tree) -> None:
         nonlocal position, kept
         if node.is_preterminal:
             if position >= len(punctuation) or not punctuation[position]:
@@ -54,16 +57,17 @@ def brackets(tree: Tree, punctuation: Sequence[bool], labeled: bool = True) -> C
         start = kept
         for child in node.children:
             if isinstance(child, Tree):
-                walk(child, False)
+                walk(child)
             else:  # a bare word under a phrase: a word with no tag
-                kept += 1
+                if position >= len(punctuation) or not punctuation[position]:
+                    kept += 1
                 position += 1
         label = strip_function_tags(node.label)
         label = EQUIVALENT_LABELS.get(label, label)
-        if not is_root and label not in DELETED_LABELS and kept > start:
+        if label not in DELETED_LABELS and kept > start:
             out[(label if labeled else "", start, kept)] += 1
 
-    walk(tree, True)
+    walk(tree)
     return out
 
 
@@ -89,7 +93,7 @@ def sentence_counts(gold: Tree, test: Tree, labeled: bool = True) -> SentenceCou
             f"the output tree has {n_test} words but the gold tree has {len(tags)}; "
             "bracket scores need the same words"
         )
-    punctuation = [tag in PUNCTUATION_TAGS for tag in tags]
+    punctuation = [tag in DELETED_TAGS for tag in tags]
     g, t = brackets(gold, punctuation, labeled), brackets(test, punctuation, labeled)
     return SentenceCounts(sum((g & t).values()), sum(g.values()), sum(t.values()))
 

@@ -34,6 +34,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from transformer.decoding.options import api_fields
 from transformer.serve.batching import DynamicBatcher, ServiceUnavailable
 from transformer.serve.metrics import ServerMetrics
 from transformer.serve.schemas import (
@@ -203,6 +204,7 @@ def create_app(
             max_chars=settings.max_chars,
             max_beam=settings.max_beam,
             batching=settings.batching,
+            **_task_defaults(state.translator),
         )
         return JSONResponse(body.model_dump(), status_code=200 if state.status == "ready" else 503)
 
@@ -219,6 +221,17 @@ def create_app(
 
 
 # ------------------------------------------------------------------------------ translation
+
+
+def _task_defaults(translator: Translator | None) -> dict[str, Any]:
+    """/health's task and default decoding (the request fields), once a model is loaded."""
+    if translator is None or not hasattr(translator, "options"):
+        return {}
+    options = translator.options()
+    return {
+        "task": translator.task_name,
+        "decoding": {f.name: getattr(options, f.name) for f in api_fields(DecodeOptions)},
+    }
 
 
 def _translate_fn(translator: Translator):

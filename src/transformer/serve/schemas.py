@@ -181,6 +181,14 @@ class HealthResponse(BaseModel):
     max_chars: int
     max_beam: int
     batching: bool
+    task: str | None = Field(
+        None, description="translation, or the task the model records (parsing); none: not loaded."
+    )
+    decoding: dict[str, Any] | None = Field(
+        None,
+        description="The decoding a request gets for the fields it does not set: the model's "
+        "own defaults (a parser's beam 21), else the paper's.",
+    )
 
 
 # ---------------------------------------------------------------------------------- validation

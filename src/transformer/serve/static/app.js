@@ -11,6 +11,8 @@ const state = {
   attention: null,  // the /v1/attention response of that line
   kind: "cross",    // cross | encoder_self | decoder_self
   maxTexts: 64,
+  task: null,       // "translation" or the model's task ("parsing"), from /health
+  defaultBeam: 4,   // the model's default beam (a parser's: 21), sent as "not set"
 };
 
 // ------------------------------------------------------------------------------ server calls
@@ -40,8 +42,10 @@ async function checkHealth() {
     const response = await fetch("/health");
     const data = await response.json();
     state.maxTexts = data.max_texts || state.maxTexts;
+    if (data.decoding && data.task !== state.task) adaptToModel(data.task, data.decoding.beam);
     for (const option of $("beam").options) {
-      option.disabled = Number(option.value) > (data.max_beam || 16);
+      const beam = Number(option.value);
+      option.disabled = beam > (data.max_beam || 16) && beam !== state.defaultBeam;
     }
     if (response.ok) {
       badge.textContent = "ready";
@@ -55,6 +59,29 @@ async function checkHealth() {
     badge.className = "status status-bad";
   }
   setTimeout(checkHealth, 1000);
+}
+
+/** Words and default beam for the loaded model: a parser parses, with its own beam (the
+ * model's default is sent as "unset", so the server applies it even above its max_beam). */
+function adaptToModel(task, defaultBeam) {
+  state.task = task;
+  state.defaultBeam = defaultBeam;
+  const select = $("beam");
+  if (![...select.options].some((o) => Number(o.value) === defaultBeam)) {
+    select.add(new Option(`${defaultBeam} (model default)`, String(defaultBeam)));
+  }
+  select.value = String(defaultBeam);
+  if (task === "parsing") {
+    $("translate").textContent = "Parse";
+    $("output-title").textContent = "Parse trees";
+    $("source").placeholder = "One sentence per line, words separated by spaces (e.g. The dog barks .)";
+    document.querySelector(".subtitle").textContent =
+      "parse (a sentence in, a tree out), then see where every layer and head looks";
+  }
+}
+
+function decoding() {
+  return beam() === state.defaultBeam ? {} : { beam: beam() };
 }
 
 // ------------------------------------------------------------------------------- translating
@@ -77,9 +104,9 @@ async function translate() {
   }
   const button = $("translate");
   button.disabled = true;
-  setMessage("Translating…");
+  setMessage(state.task === "parsing" ? "Parsing…" : "Translating…");
   try {
-    const data = await postJSON("/v1/translate", { texts: lines, beam: beam(), nbest: 1 });
+    const data = await postJSON("/v1/translate", { texts: lines, nbest: 1, ...decoding() });
     state.lines = lines;
     renderTranslations(data.translations);
     setMessage("");
@@ -123,7 +150,7 @@ async function selectLine(index) {
     item.classList.toggle("selected", Number(item.dataset.index) === index);
   }
   try {
-    state.attention = await postJSON("/v1/attention", { text: state.lines[index], beam: beam() });
+    state.attention = await postJSON("/v1/attention", { text: state.lines[index], ...decoding() });
     fillLayerAndHead();
     draw();
   } catch (e) {
@@ -259,7 +286,8 @@ function draw() {
   });
   const head = $("head").value === "avg" ? "average over heads" : `head ${Number($("head").value) + 1}`;
   $("attention-caption").textContent =
-    `${kind.caption} Layer ${Number($("layer").value) + 1}, ${head}. Translation: ${a.translation}`;
+    `${kind.caption} Layer ${Number($("layer").value) + 1}, ${head}. `
+    + `${state.task === "parsing" ? "Tree" : "Translation"}: ${a.translation}`;
   drawLegend(scaleMax);
 }
 
