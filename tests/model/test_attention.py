@@ -2,13 +2,16 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tests.conftest import B, D, H, S, T
 from transformer.model.attention import (
     MultiHeadAttention,
     causal_mask,
+    key_mask,
     padding_mask,
     reference_attention,
+    written_out_is_faster,
 )
 
 
@@ -55,3 +58,36 @@ def test_causal_mask_with_offset():
     m = causal_mask(2, 5)  # the last two of five positions
     assert m.tolist() == [[True, True, True, True, False], [True, True, True, True, True]]
     assert torch.equal(causal_mask(4, 4), torch.ones(4, 4, dtype=torch.bool).tril())
+
+
+def test_the_written_out_path_is_taken_only_for_reduced_precision_training_on_cpu() -> None:
+    x = torch.randn(2, 3, 4, 8)
+    assert not written_out_is_faster(x.requires_grad_())  # float32: the fused kernel
+    assert not written_out_is_faster(x.bfloat16().detach())  # no gradient: inference
+    assert written_out_is_faster(x.bfloat16())  # bf16 with a gradient: training
+    with torch.no_grad():
+        assert not written_out_is_faster(x.bfloat16())
+
+
+def test_bf16_training_attention_equals_the_fused_kernel_with_its_gradients() -> None:
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(d_model=16, n_heads=4, d_k=4, d_v=4)
+    x = torch.randn(3, 7, 16)
+    mask = key_mask(torch.tensor([[True] * 7, [True] * 5 + [False] * 2, [True] * 3 + [False] * 4]))
+    results = []
+    for fused in (False, True):
+        mha.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            q, k, v = mha.project_qkv(x)
+            if fused:  # the kernel itself, as every other device and precision uses it
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+                out = mha.out_proj(out.transpose(1, 2).reshape(3, 7, 16))
+            else:
+                assert written_out_is_faster(q)
+                out, weights = mha.attend(q, k, v, mask)
+                assert weights is None
+        out.float().square().sum().backward()
+        results.append((out.float(), mha.q_proj.weight.grad.clone()))
+    (out_a, grad_a), (out_b, grad_b) = results
+    torch.testing.assert_close(out_a, out_b, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(grad_a, grad_b, rtol=5e-2, atol=5e-2)

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.conftest import B, T, V
+from transformer.training import loss as loss_module
 from transformer.training.loss import label_smoothed_nll_loss
 from transformer.training.schedule import noam_learning_rate
 from transformer.vocab import PAD_ID
@@ -51,6 +52,60 @@ def test_bf16_logits_give_a_float32_loss() -> None:
     logits, target = _logits_and_targets()
     loss, _ = label_smoothed_nll_loss(logits.bfloat16(), target, 0.1)
     assert loss.dtype == torch.float32
+
+
+@pytest.mark.parametrize("rows", [4, 256])  # blocks of rows: several, or one
+@pytest.mark.parametrize("computed", [True, False], ids=["model-output", "leaf"])
+@pytest.mark.parametrize("epsilon", [0.0, 0.1])
+def test_gradient_equals_torch_cross_entropy_with_label_smoothing(
+    epsilon: float, computed: bool, rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(loss_module, "ROWS", rows)
+    base, target = _logits_and_targets()
+    leaf = base.clone().requires_grad_()
+    logits = leaf * 1.0 if computed else leaf  # a model output is overwritten by the backward
+    loss, _ = label_smoothed_nll_loss(logits, target, epsilon)
+    (grad,) = torch.autograd.grad(2.5 * loss, leaf)
+    reference = base.clone().requires_grad_()
+    expected = F.cross_entropy(
+        reference.view(-1, V),
+        target.view(-1),
+        label_smoothing=epsilon,
+        ignore_index=PAD_ID,
+        reduction="sum",
+    )
+    (expected_grad,) = torch.autograd.grad(2.5 * expected, reference)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-6)  # float32 inside
+    assert torch.all(grad[0, 3:] == 0) and torch.all(grad[2, 1:] == 0)  # padding: no gradient
+    if not computed:
+        assert torch.equal(leaf.detach(), base)  # a leaf is never written over
+
+
+def test_bf16_gradient_is_the_float32_one_rounded() -> None:
+    base, target = _logits_and_targets()
+    leaf = base.bfloat16().requires_grad_()
+    loss, _ = label_smoothed_nll_loss(leaf * 1.0, target, 0.1)
+    (grad,) = torch.autograd.grad(loss, leaf)
+    reference = base.bfloat16().float().requires_grad_()
+    expected = F.cross_entropy(
+        reference.view(-1, V),
+        target.view(-1),
+        label_smoothing=0.1,
+        ignore_index=PAD_ID,
+        reduction="sum",
+    )
+    (expected_grad,) = torch.autograd.grad(expected, reference)
+    assert grad.dtype == torch.bfloat16
+    torch.testing.assert_close(grad.float(), expected_grad, rtol=1e-2, atol=4e-3)
+
+
+def test_a_second_backward_through_overwritten_logits_is_refused() -> None:
+    base, target = _logits_and_targets()
+    leaf = base.clone().requires_grad_()
+    loss, _ = label_smoothed_nll_loss(leaf * 1.0, target, 0.1)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
 
 
 def test_schedule_equals_the_paper_formula() -> None:

@@ -63,13 +63,29 @@ def reference_attention(
     return weights @ v, weights  # (B, H, Tq, d_v), (B, H, Tq, Tk)
 
 
+def written_out_is_faster(q: Tensor) -> bool:
+    """Whether attention written out (`reference_attention`) beats the fused kernel here.
+
+    PyTorch's fused CPU kernel is fast forward in every precision and backward in float32, but its
+    backward in bfloat16 / float16 is several times slower than three plain ops (measured with
+    torch 2.13 on an AMX CPU: a third of a bf16 training step went to it). So training in reduced
+    precision on a CPU writes attention out; everything else (CUDA, inference, float32) is fused.
+    """
+    return (
+        q.device.type == "cpu"
+        and q.dtype in (torch.bfloat16, torch.float16)
+        and torch.is_grad_enabled()
+        and q.requires_grad
+    )
+
+
 class MultiHeadAttention(nn.Module):
     """MultiHead(Q, K, V) = Concat(head_1..head_h) W^O, head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V).
 
     The h per-head projections are stored as one matrix each (q_proj: D -> H*d_k, and so on), which
     is the same function and lets all heads run as one batched matmul. The fast path is PyTorch's
-    fused `scaled_dot_product_attention`; the reference path (`need_weights=True`) also returns the
-    attention weights, for visualisation and tests.
+    fused `scaled_dot_product_attention` (except where `written_out_is_faster`); the reference path
+    (`need_weights=True`) also returns the attention weights, for visualisation and tests.
 
     Two ablations, not the paper (see ModelConfig): `scale=False` drops the 1/sqrt(d_k), and
     `shared_query_key=True` projects keys with the query matrix (there is then no `k_proj`).
@@ -166,8 +182,9 @@ class MultiHeadAttention(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         """Attention over projected heads, then concat and W^O -> ((B, Tq, D), weights or None)."""
         dropout_p = self.attention_dropout if self.training else 0.0
-        if need_weights:
+        if need_weights or written_out_is_faster(q):
             out, weights = reference_attention(q, k, v, mask, is_causal, dropout_p, self.scale)
+            weights = weights if need_weights else None
         else:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=self.scale
