@@ -65,7 +65,7 @@ from transformer.decoding.engine import (
 from transformer.decoding.generate import Generated
 from transformer.decoding.options import DecodeOptions
 from transformer.model import Transformer
-from transformer.modeldir import ModelDirError, load_model_dir, load_task
+from transformer.modeldir import TASK_FILE, ModelDirError, load_model_dir, load_task
 from transformer.vocab import BOS_ID, EOS_ID, PAD_ID
 
 __all__ = ["AttentionMaps", "DecodeOptions", "Hypothesis", "Translation", "Translator"]
@@ -175,7 +175,7 @@ class Translator:
         try:
             DecodeOptions.from_kwargs(defaults)
         except ConfigError as e:
-            raise ModelDirError(f"the decoding defaults of the model's task: {e}") from e
+            raise ModelDirError(f"{TASK_FILE}: invalid decoding defaults ({e})") from e
         self.decode_defaults: dict[str, Any] = defaults
 
     @property
@@ -229,6 +229,11 @@ class Translator:
                 raise ModelDirError(
                     f"{d}: its tokenizer differs from that of {dirs[0]}; an ensemble needs models "
                     "trained with the same tokenizer"
+                )
+            if load_task(d) != load_task(dirs[0]):
+                raise ModelDirError(
+                    f"{d}: its task ({TASK_FILE}) differs from that of {dirs[0]}; an ensemble "
+                    "needs models trained for the same task"
                 )
             models.append(model)
             tokenizer = tokenizer or tok

@@ -12,7 +12,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from tests.optional import require, require_executable
-from tests.serve.conftest import ServerProcess
+from tests.serve.conftest import ServerProcess, running_server
 from tests.serve.test_web_page import COUNT_COLOURS
 from transformer.data.trees import parse_tree
 from transformer.serve.app import create_app
@@ -72,13 +72,8 @@ def test_the_attention_of_a_parse_pairs_the_words_with_the_tree_tokens(
 def parser_server(
     parser_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    proc = ServerProcess(parser_dir, tmp_path_factory.mktemp("parser-server") / "server.log")
-    try:
-        proc.wait_ready()
+    with running_server(parser_dir, tmp_path_factory.mktemp("parser-server")) as proc:
         yield proc
-    finally:
-        status = proc.stop()
-    assert status == 0, proc.log()
 
 
 def test_the_web_page_parses_and_shows_the_attention(

@@ -7,6 +7,7 @@ cleanly (status 0).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -86,12 +87,11 @@ class ServerProcess:
             self._log.close()
 
 
-@pytest.fixture(scope="module")
-def server(
-    copy_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerProcess]:
-    """A server with the default settings over the copy model; stopped by SIGTERM, exit 0."""
-    proc = ServerProcess(copy_model_dir, tmp_path_factory.mktemp("server") / "server.log")
+@contextlib.contextmanager
+def running_server(model_dir: Path, log_dir: Path) -> Iterator[ServerProcess]:
+    """A ready server over `model_dir`; on exit, stopped by SIGTERM, which must end it cleanly
+    (exit 0, no traceback in its log)."""
+    proc = ServerProcess(model_dir, log_dir / "server.log")
     try:
         proc.wait_ready()
         yield proc
@@ -99,3 +99,12 @@ def server(
         status = proc.stop()
     assert status == 0, f"server exited with {status} on SIGTERM:\n{proc.log()}"
     assert "Traceback" not in proc.log(), proc.log()
+
+
+@pytest.fixture(scope="module")
+def server(
+    copy_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """A server with the default settings over the copy model."""
+    with running_server(copy_model_dir, tmp_path_factory.mktemp("server")) as proc:
+        yield proc
