@@ -670,3 +670,34 @@ def test_missing_words_after_a_trailing_top_level_leaf_stay_in_order():
     out = delinearise("(S XX ) XX", ["a", "b", "c"])
     assert out.missing_words == 1
     check_repaired(out, ["a", "b", "c"])
+
+
+# --------------------------------------------------------------------------- aligning copied words
+
+
+def test_a_skipped_word_goes_before_the_next_copied_word_in_its_constituent():
+    out = delinearise("(S (NP The ) (VP barks ) . )", ["The", "dog", "barks", "."])
+    assert str(out.tree) == "(ROOT (S (NP (XX The)) (VP (XX dog) (XX barks)) (XX .)))"
+    assert (out.missing_words, out.extra_leaves, out.changed_words) == (1, 0, 0)
+
+
+def test_a_repeated_word_is_dropped_and_the_brackets_keep_their_words():
+    out = delinearise("(S (NP adult - adult ) (VP ran ) )", ["adult", "-", "learned", "ran"])
+    # "adult - adult": the second "adult" pairs with "learned" (miscopied), not dropped
+    assert str(out.tree) == "(ROOT (S (NP (XX adult) (XX -) (XX learned)) (VP (XX ran))))"
+    assert (out.missing_words, out.extra_leaves, out.changed_words) == (0, 0, 1)
+    out = delinearise("(S (NP the the dog ) (VP ran ) )", ["the", "dog", "ran"])
+    assert str(out.tree) == "(ROOT (S (NP (XX the) (XX dog)) (VP (XX ran))))"
+    assert (out.missing_words, out.extra_leaves) == (0, 1)
+
+
+def test_a_miscopied_word_keeps_its_place_and_is_counted():
+    out = delinearise("(S (NP Rearch ) (VP helps ) )", ["Research", "helps"])
+    assert str(out.tree) == "(ROOT (S (NP (XX Research)) (VP (XX helps))))"
+    assert out.changed_words == 1 and out.well_formed  # the shape needed no repair
+
+
+def test_escaped_leaves_match_their_plain_words():
+    out = delinearise("(NP (PRN -LRB- L2 -RRB- ) )", ["(", "L2", ")"])
+    assert str(out.tree) == "(ROOT (NP (PRN (XX -LRB-) (XX L2) (XX -RRB-))))"
+    assert out.changed_words == 0 and out.well_formed

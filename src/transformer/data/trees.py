@@ -28,6 +28,7 @@ Treebank leaves escape brackets as in the Penn Treebank (`-LRB-` for "(" and "["
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -214,9 +215,13 @@ class Delinearised:
     """A tree rebuilt from a target sequence, and what had to be repaired to build it.
 
     unclosed: brackets closed at the end; unopened: ")" without an open bracket (ignored);
-    missing_words: source words for which the output had no leaf (attached at the end of the top
-    constituent); extra_leaves: leaf tokens beyond the source's words (ignored); empty: brackets
-    without a word (removed); roots: top constituents beyond the first (kept under ROOT).
+    missing_words: source words for which the output had no leaf (placed before the next word it
+    has, or at the end of the last top constituent, or of the root when the last top item is a
+    word, so that the words stay in order); extra_leaves: leaf tokens that stand for no source
+    word (dropped); empty: brackets without a word (removed); roots: top items (constituents or
+    words) beyond the first (kept under ROOT); changed_words: leaves that are a source word
+    miscopied (the source word is used; not a flaw of the tree's shape, so not counted by
+    `well_formed`).
     """
 
     tree: Tree
@@ -226,6 +231,7 @@ class Delinearised:
     extra_leaves: int = 0
     empty: int = 0
     roots: int = 0
+    changed_words: int = 0
 
     @property
     def well_formed(self) -> bool:
@@ -243,15 +249,21 @@ class Delinearised:
 def delinearise(sequence: str, words: list[str]) -> Delinearised:
     """The tree of a target `sequence` over the source `words`, repaired if it is ill-formed.
 
-    Each leaf token of the sequence (any token that is not "(LABEL" or ")") takes the next source
-    word, under the part-of-speech placeholder XX. The result always has the root ROOT and the
-    source words as its leaves, in order.
+    The leaf tokens of the sequence (those that are not "(LABEL" or ")") are aligned with the
+    source words, in order (`_align`: equal words first, then the others pairwise), and each takes
+    its word, under the part-of-speech placeholder XX. A word the output skipped goes just before
+    the next word it did write (in the same constituent), or at the end; a leaf with no word is
+    dropped. With the placeholder XX as leaves, that is simply the i-th leaf for the i-th word.
+    The result always has the root ROOT and the source words as its leaves, in order.
     """
+    tokens = _OUTPUT_TOKEN_RE.findall(sequence)
+    leaves = [tok for tok in tokens if not tok.startswith(("(", ")"))]
+    aligned = iter(_align(leaves, words))
     root = Tree(ROOT, [])
     stack = [root]
-    unopened = extra = 0
-    n_words = 0
-    for tok in _OUTPUT_TOKEN_RE.findall(sequence):
+    unopened = extra = changed = missing = 0
+    placed = 0  # words placed so far (the next word to place is words[placed])
+    for tok in tokens:
         if tok.startswith("("):
             node = Tree(tok[1:] or UNKNOWN_LABEL, [])
             stack[-1].children.append(node)
@@ -261,20 +273,40 @@ def delinearise(sequence: str, words: list[str]) -> Delinearised:
                 stack.pop()
             else:
                 unopened += 1
-        elif n_words < len(words):
-            stack[-1].children.append(Tree(PLACEHOLDER, [escape(words[n_words])]))
-            n_words += 1
         else:
-            extra += 1
+            j = next(aligned)
+            if j is None:
+                extra += 1
+                continue
+            missing += j - placed  # words the output skipped, placed before this one
+            stack[-1].children.extend(Tree(PLACEHOLDER, [escape(w)]) for w in words[placed : j + 1])
+            changed += tok != PLACEHOLDER and unescape(tok) != words[j]
+            placed = j + 1
     unclosed = len(stack) - 1
     empty = _drop_empty(root)
-    missing = len(words) - n_words
-    if missing:
+    if placed < len(words):
+        missing += len(words) - placed
         last = root.children[-1] if root.children else None
         host = last if isinstance(last, Tree) and not last.is_preterminal else root
-        host.children.extend(Tree(PLACEHOLDER, [escape(w)]) for w in words[n_words:])
+        host.children.extend(Tree(PLACEHOLDER, [escape(w)]) for w in words[placed:])
     roots = max(0, len(root.children) - 1)
-    return Delinearised(root, unclosed, unopened, missing, extra, empty, roots)
+    return Delinearised(root, unclosed, unopened, missing, extra, empty, roots, changed)
+
+
+def _align(leaves: list[str], words: list[str]) -> list[int | None]:
+    """For each output leaf, the index of the source word it stands for, or None; increasing.
+
+    Leaves equal to their word are matched first (the longest common runs, difflib); between
+    them, leaves and words are paired in order (a miscopied word, or the placeholder XX), and what
+    is left over on either side is unmatched.
+    """
+    matcher = difflib.SequenceMatcher(None, [unescape(t) for t in leaves], words, autojunk=False)
+    out: list[int | None] = []
+    for _, i1, i2, j1, j2 in matcher.get_opcodes():  # equal, replace, delete or insert
+        paired = min(i2 - i1, j2 - j1)
+        out.extend(range(j1, j1 + paired))
+        out.extend([None] * (i2 - i1 - paired))
+    return out
 
 
 def _drop_empty(node: Tree) -> int:

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     for i, r in enumerate(results, start=1):
         if r.truncated:
             print(
-                f"transformer evaluate: {args.src}:{i}: longer than the model's "
+                f"transformer evaluate: {args.src or args.ref}:{i}: longer than the model's "
                 f"{translator.max_positions} positions; translated its first "
                 f"{translator.max_source_subwords} subwords only",
                 file=sys.stderr,
