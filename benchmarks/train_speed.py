@@ -102,6 +102,7 @@ def measure(config_path: Path, data_dir: Path, precision: str, warmup: int, upda
         "tokens_per_s": sum(tokens[warmup:]) / seconds,
         "flops_per_s": sum(flops[warmup:]) / seconds,
         "parameters": trainer.model.num_parameters(),
+        "device": str(trainer.device),
     }
 
 
@@ -119,15 +120,14 @@ def main() -> None:
     ensure_data(args.data)
     precisions = args.precisions.split(",")
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    peaks = {
-        p: matmul_flops_per_s(torch.device("cpu"), dtypes[p], 2048, reps=5) for p in precisions
-    }
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     results = []
     for p in precisions:
         r = measure(args.config, args.data, p, args.warmup, args.updates)
-        r["matmul_peak_flops_per_s"] = peaks[p]
-        r["mfu"] = r["flops_per_s"] / peaks[p]
+        # the peak of the device the trainer ran on (train.device auto: CUDA where there is one)
+        peak = matmul_flops_per_s(torch.device(r["device"]), dtypes[p], 2048, reps=5)
+        r["matmul_peak_flops_per_s"] = peak
+        r["mfu"] = r["flops_per_s"] / peak
         results.append(r)
         print(f"  {p}: {r['tokens_per_s']:,.0f} target tok/s, MFU {r['mfu']:.0%}", flush=True)
     base = results[0]["tokens_per_s"]

@@ -31,15 +31,21 @@ $T train configs/gum-parsing.yaml --run-dir "$RUN" --set data.dir="$DATA" \
     --set train.max_minutes="$MINUTES"
 
 step "3/4 average the last 5 checkpoints into $MODEL"
-if [ -f "$MODEL/model.safetensors" ] && [ "$MODEL/model.safetensors" -nt "$RUN/metrics.jsonl" ]; then
-    echo "already averaged"
+newest=$(ls -d "$RUN"/checkpoints/step_* | tail -n 1)
+if [ -f "$MODEL/model.safetensors" ] && [ "$MODEL/model.safetensors" -nt "$newest" ]; then
+    echo "already averaged (newer than $newest)"
 else
     $T average "$RUN" --last 5 --out "$MODEL"
-    rm -rf "$RUN/eval"
 fi
+# Scores belong to one model: those of another (an older average) are set aside, not reused.
+sum=$(sha256sum "$MODEL/model.safetensors" | cut -d' ' -f1)
+if [ -d "$RUN/eval" ] && [ "$(cat "$RUN/eval/model.sha256" 2>/dev/null)" != "$sum" ]; then
+    mv "$RUN/eval" "$RUN/eval.$(date +%Y%m%d-%H%M%S)"
+fi
+mkdir -p "$RUN/eval"
+echo "$sum" > "$RUN/eval/model.sha256"
 
 step "4/4 bracket F1 on $SPLITS: beam 21 (the model's default) and greedy"
-mkdir -p "$RUN/eval"
 for split in $SPLITS; do
     for how in beam greedy; do
         out="$RUN/eval/$split-$how.json"
