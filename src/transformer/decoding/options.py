@@ -171,8 +171,9 @@ class DecodeOptions:
 
     @classmethod
     def check_given(cls, options: Mapping[str, Any]) -> None:
-        """Check some options on their own (unknown names, types, limits), leaving the rules
-        between fields to the complete options (a model's defaults may fill the others)."""
+        """Check some options on their own (unknown names, types, limits), and the rules between
+        fields where all of them are given; the rest waits for the complete options (a model's
+        defaults may fill the others)."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(options) - known)
         problems = [f"{name}: unknown option" for name in unknown]
@@ -181,6 +182,8 @@ class DecodeOptions:
             for f in dataclasses.fields(cls):
                 object.__setattr__(probe, f.name, options.get(f.name, f.default))
             problems = field_problems(probe)
+        if not problems and {"beam", "nbest"} <= set(options):  # a rule no default can change
+            problems = probe._relations()
         if problems:
             raise ConfigError("decoding options", problems)
 
