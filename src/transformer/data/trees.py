@@ -14,8 +14,8 @@ stripped unless `function_tags=True`. Brackets are closed by a bare ")". Every t
 by a space, so that each word, each ")" and each "(LABEL" is a whole pre-token for the subword
 tokenizer. Words are kept by default: Vinyals et al. replace them by XX, but then the decoder
 must count words to know where it is, which small models trained briefly learn badly (on the
-synthetic grammar of the tests, a tiny parser reaches about 80 F1 with words and 30 without, at
-the same budget); copying the words gives every step an alignment to the source.
+synthetic grammar of the tests, a tiny parser of 2 + 2 layers reached 77 F1 with words and 31
+without, after 400 updates); copying the words gives every step an alignment to the source.
 
 `delinearise` turns any model output back into a tree: always a well-formed one, whose leaves are
 the source words in order (the output's own leaf tokens only mark where a word goes). What was
