@@ -19,7 +19,8 @@ without, after 400 updates); copying the words gives every step an alignment to 
 
 `delinearise` turns any model output back into a tree: always a well-formed one, whose leaves are
 the source words in order (the output's leaf tokens are aligned with them, and only say where
-each word goes). What was repaired is counted, and `Delinearised.well_formed` says whether anything had to be.
+each word goes). What was repaired is counted, and `Delinearised.well_formed` says whether
+anything had to be.
 
 Treebank leaves escape brackets as in the Penn Treebank (`-LRB-` for "(" and "[", `-RRB-` ...);
 `sentence` undoes the escapes so that the source is plain text, and `delinearise` escapes "(" and
