@@ -16,7 +16,7 @@ from transformer.version import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": (
         "transformer.data.prepare",
-        "train a joint BPE tokenizer and binarize parallel text",
+        "train a BPE tokenizer and binarize parallel text, treebanks or labelled texts",
     ),
     "train": (
         "transformer.training.cli",
@@ -30,6 +30,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "translate": (
         "transformer.decoding.cli",
         "translate lines (stdin or a file) with a model directory: a Unix filter",
+    ),
+    "classify": (
+        "transformer.classify",
+        "classify lines (stdin or a file) with a classification model: a Unix filter",
     ),
     "evaluate": (
         "transformer.evaluation.cli",

@@ -52,6 +52,7 @@ from transformer.data.tokenizer import MIN_VOCAB_SIZE, SubwordTokenizer
 from transformer.io import atomic_directory
 
 FILTER_REASONS = ("empty", "too_long", "ratio")
+MAX_LEN = 256  # the default --max-len of translation (and --trees)
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def prepare(
     tests: Sequence[str | Path] = (),
     vocab_size: int | None = None,
     tokenizer: str | Path | None = None,
-    max_len: int = 256,
+    max_len: int = MAX_LEN,
     max_ratio: float = 3.0,
     min_frequency: int = 2,
     force: bool = False,
@@ -102,15 +103,15 @@ def prepare(
         src_lang, tgt_lang, vocab_size, tokenizer, max_len, max_ratio, min_frequency, chunk_size
     )
     out = Path(os.path.abspath(out))  # normalises "." and "..": the temp dir goes beside it
-    _check_out(out, force)
+    check_out(out, force)
     splits = _resolve_splits(src_lang, tgt_lang, train, valid, tests)
     say(f"checking {2 * len(splits)} input files")
     checked = [_check_split(s) for s in splits]
     if checked[0].lines == 0:
         raise DataError(f"{checked[0].src}: the training set is empty")
 
-    created = _missing_ancestors(out.parent)
-    with _removed_on_failure(created), atomic_directory(out) as tmp:
+    created = missing_ancestors(out.parent)
+    with removed_on_failure(created), atomic_directory(out) as tmp:
         if tokenizer is not None:
             tok = SubwordTokenizer.from_file(tokenizer)
             if vocab_size is not None and vocab_size != tok.vocab_size:
@@ -178,7 +179,7 @@ def prepare(
             _copy_text(path, tmp / name)
         if task is not None:
             manifest["task"] = dict(task)
-        _write_json(tmp / MANIFEST, manifest)
+        write_json(tmp / MANIFEST, manifest)
     say(f"wrote {out} in {time.perf_counter() - started:.1f} s")
     return manifest
 
@@ -218,7 +219,7 @@ def _check_options(
         raise DataError("; ".join(problems))
 
 
-def _check_out(out: Path, force: bool) -> None:
+def check_out(out: Path, force: bool) -> None:
     """Refuse to overwrite anything but an empty directory or, with force, a data directory."""
     if not (out.exists() or out.is_symlink()):
         return
@@ -272,7 +273,7 @@ def _check_split(split: SplitInput) -> SplitInput:
     return SplitInput(split.name, split.src, split.tgt, n_src)
 
 
-def _missing_ancestors(path: Path) -> list[Path]:
+def missing_ancestors(path: Path) -> list[Path]:
     """Directories from `path` upwards that do not exist yet, deepest first."""
     missing = []
     path = path.absolute()
@@ -283,7 +284,7 @@ def _missing_ancestors(path: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def _removed_on_failure(created: list[Path]) -> Iterator[None]:
+def removed_on_failure(created: list[Path]) -> Iterator[None]:
     """Remove the directories `created` for the output (innermost first) if the block fails."""
     try:
         yield
@@ -395,7 +396,8 @@ def _copy_text(source: Path, target: Path) -> None:
             f.write(line + "\n")
 
 
-def _write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any) -> None:
+    """Write `data` as indented UTF-8 JSON (a manifest; the directory is made atomic around it)."""
     with open(path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, ensure_ascii=False)
         f.write("\n")
@@ -406,6 +408,8 @@ def _write_json(path: Path, data: Any) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `transformer prepare`."""
+    from transformer.data import classification as cls  # imports this module: not at the top
+
     add = parser.add_argument
     add("--src", metavar="LANG", help="source language code, e.g. de (not with --trees)")
     add("--tgt", metavar="LANG", help="target language code, e.g. en (not with --trees)")
@@ -413,15 +417,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--train",
         required=True,
         metavar="PREFIX",
-        help="reads PREFIX.SRC and PREFIX.TGT (.gz ok); with --trees, a treebank file",
+        help="reads PREFIX.SRC and PREFIX.TGT (.gz ok); with --trees, a treebank file; with "
+        "--classify, a file of labelled texts",
     )
-    add("--valid", required=True, metavar="PREFIX", help="validation set, never filtered")
+    add(
+        "--valid",
+        metavar="PREFIX",
+        help="validation set, never filtered (required, but for --classify, which carves one "
+        "out of --train if it is not given)",
+    )
     add(
         "--test",
         action="append",
         default=[],
         metavar="PREFIX",
-        help="a test set (repeatable), never filtered; its split is named after PREFIX's base name",
+        help="a test set (repeatable; once with --classify), never filtered; its split is named "
+        'after PREFIX\'s base name ("test" with --classify)',
     )
     add("--out", required=True, metavar="DIR", help="the data directory to write")
     add("--vocab-size", type=int, metavar="N", help="train a joint BPE tokenizer of N tokens")
@@ -436,9 +447,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--max-len",
         type=int,
-        default=256,
+        default=None,
         metavar="N",
-        help="drop training pairs with a side longer than N subwords (default: %(default)s)",
+        help=f"drop training pairs with a side longer than N subwords (default: {MAX_LEN}); with "
+        f"--classify, truncate every text to N subwords instead (default: {cls.DEFAULT_MAX_LEN})",
     )
     add(
         "--max-ratio",
@@ -474,6 +486,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep function tags such as NP-SBJ (default: stripped, as for EVALB)",
     )
+    c = parser.add_argument_group(
+        "classification (see transformer.data.classification)",
+        "With --classify, --train (and --valid, --test if given) are CSV, TSV or JSONL files (.gz "
+        "ok) of labelled texts; the validation (and test) split is otherwise a fold carved out "
+        "of --train, stratified by class.",
+    )
+    c.add_argument("--classify", action="store_true", help="the inputs are labelled texts")
+    c.add_argument(
+        "--text-columns",
+        metavar="COLS",
+        help="the text column(s): comma-separated names or 0-based numbers, joined with a space",
+    )
+    c.add_argument("--label-column", metavar="COL", help="the label column: a name or a number")
+    c.add_argument(
+        "--format",
+        choices=("csv", "tsv", "jsonl"),
+        help="the input format (default: from the file name: .csv, .tsv, .jsonl, also .gz)",
+    )
+    c.add_argument(
+        "--header",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="whether CSV / TSV files start with a header row (default: yes iff a column is "
+        "given by name)",
+    )
+    c.add_argument(
+        "--classes",
+        metavar="FILE",
+        help="class names, one per line; a label is a name or a 1-based line number (default: "
+        "the distinct labels of --train, sorted)",
+    )
+    c.add_argument(
+        "--folds",
+        type=int,
+        metavar="K",
+        help=f"folds of --train to carve splits from (default: {cls.DEFAULT_FOLDS})",
+    )
+    c.add_argument(
+        "--valid-fold",
+        type=int,
+        metavar="I",
+        help=f"the fold that is --valid (default: {cls.DEFAULT_VALID_FOLD})",
+    )
+    c.add_argument(
+        "--test-fold", type=int, metavar="I", help="a fold that is the test split (default: none)"
+    )
+    c.add_argument(
+        "--seed",
+        type=int,
+        metavar="N",
+        help=f"the seed of the fold assignment (default: {cls.DEFAULT_SEED})",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -481,12 +545,9 @@ def run(args: argparse.Namespace) -> int:
     log = None if args.quiet else print
     common = {
         "train": args.train,
-        "valid": args.valid,
-        "tests": args.test,
         "out": args.out,
         "vocab_size": args.vocab_size,
         "tokenizer": args.tokenizer,
-        "max_len": args.max_len,
         "min_frequency": args.min_frequency,
         "force": args.force,
         "chunk_size": args.chunk_size,
@@ -494,6 +555,24 @@ def run(args: argparse.Namespace) -> int:
         "log": log,
     }
     try:
+        if args.classify:
+            _run_classify(args, common)
+            return 0
+        classify_only = [
+            flag for flag, value in _CLASSIFY_FLAGS.items() if getattr(args, value) is not None
+        ]
+        if classify_only:
+            raise DataError(f"{', '.join(classify_only)}: only with --classify")
+        if args.valid is None:
+            raise DataError(
+                "--valid PREFIX is required (only --classify carves a validation set out of "
+                "--train)"
+            )
+        common.update(
+            valid=args.valid,
+            tests=args.test,
+            max_len=MAX_LEN if args.max_len is None else args.max_len,
+        )
         if args.trees:
             from transformer.data.treebank import prepare_treebank
 
@@ -522,3 +601,58 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+# flag -> attribute of the options that only --classify takes
+_CLASSIFY_FLAGS = {
+    "--text-columns": "text_columns",
+    "--label-column": "label_column",
+    "--format": "format",
+    "--header/--no-header": "header",
+    "--classes": "classes",
+    "--folds": "folds",
+    "--valid-fold": "valid_fold",
+    "--test-fold": "test_fold",
+    "--seed": "seed",
+}
+
+
+def _run_classify(args: argparse.Namespace, common: dict[str, Any]) -> None:
+    """`transformer prepare --classify`: check the flags, then `prepare_classification`."""
+    from transformer.data import classification as cls
+
+    translation_only = [
+        flag
+        for flag, given in (
+            ("--src", args.src),
+            ("--tgt", args.tgt),
+            ("--trees", args.trees),
+            ("--placeholders", args.placeholders),
+            ("--function-tags", args.function_tags),
+            ("--max-ratio", args.max_ratio is not None),
+        )
+        if given
+    ]
+    if translation_only:
+        raise DataError(f"{', '.join(translation_only)}: not used with --classify")
+    if not (args.text_columns and args.label_column):
+        raise DataError("--classify needs --text-columns COLS and --label-column COL")
+    if len(args.test) > 1:
+        raise DataError('--test may be given once with --classify (its split is named "test")')
+    if args.valid is not None and args.valid_fold is not None:
+        raise DataError("give --valid FILE or --valid-fold I, not both")
+    cls.prepare_classification(
+        valid=args.valid,
+        test=args.test[0] if args.test else None,
+        text_columns=cls.parse_columns(args.text_columns),
+        label_column=cls.column(args.label_column),
+        format=args.format,
+        header=args.header,
+        classes=args.classes,
+        folds=cls.DEFAULT_FOLDS if args.folds is None else args.folds,
+        valid_fold=cls.DEFAULT_VALID_FOLD if args.valid_fold is None else args.valid_fold,
+        test_fold=args.test_fold,
+        seed=cls.DEFAULT_SEED if args.seed is None else args.seed,
+        max_len=cls.DEFAULT_MAX_LEN if args.max_len is None else args.max_len,
+        **common,
+    )
