@@ -18,6 +18,7 @@ from tests.copy_model import (  # noqa: F401  (fixtures shared by several test p
     learned_positions_model,
 )
 from tests.data.conftest import MULTI30K, read_gz, write_lines
+from tests.labelled_data import labelled_data  # noqa: F401  (a fixture)
 from tests.optional import (  # noqa: F401  (hooks: gpu tests skipped without CUDA; strict mode)
     pytest_collection_modifyitems,
     pytest_make_collect_report,

@@ -50,13 +50,14 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "transformer.evaluation",
         ),
     ),
-    # The package root is a facade: it re-exports the model and, lazily, the Translator.
-    ("facades", ("transformer", "transformer.translator")),
+    # The package root is a facade: it re-exports the model and, lazily, the two facades.
+    ("facades", ("transformer", "transformer.translator", "transformer.classifier")),
     (
         "applications",
         (
             "transformer.cli",
             "transformer.__main__",
+            "transformer.classify",
             "transformer.serve",
             "transformer.study",
             "transformer.visualize",

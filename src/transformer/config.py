@@ -219,6 +219,7 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 NormPosition = Literal["post", "pre"]
+Pooling = Literal["mean", "cls"]
 Positional = Literal["sinusoidal", "learned", "none"]
 
 
@@ -255,6 +256,10 @@ class ModelConfig:
     # the Reformer); positional: none gives the model no position information at all.
     scale_attention: bool = True
     shared_query_key: bool = False
+    # Classification only (TransformerClassifier; a translation model ignores it): how the
+    # encoder's outputs become one vector: "mean" over the real tokens, or "cls", the output at a
+    # classification token (<s>) put in front of every text (as BERT's [CLS]).
+    pooling: Pooling = "mean"
 
     def __post_init__(self) -> None:
         check_fields(self, "ModelConfig", self._head_problems)

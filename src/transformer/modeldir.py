@@ -5,7 +5,11 @@
       model.safetensors  # the unwrapped Transformer's weights (a shared embedding stored once)
       tokenizer.json     # the joint subword tokenizer (Hugging Face `tokenizers` format)
       task.json          # only for tasks other than translation: e.g. {"name": "parsing",
-                         # "decoding": {...}}, copied from the data directory's manifest
+                         # "decoding": {...}} or {"name": "classification", "labels": [...]},
+                         # copied from the data directory's manifest
+
+A classification model (`TransformerClassifier`) has the same files: config.json is its encoder's
+ModelConfig (with `pooling`) and task.json names its classes in index order.
 
 `transformer average` writes one; every training checkpoint is one too (with extra files beside),
 so `Translator.from_pretrained` accepts either. Directories are written to a temporary sibling and
@@ -21,11 +25,13 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
+from torch import nn
 
 from transformer.config import ConfigError, ModelConfig
+from transformer.data.classification import TASK_NAME as CLASSIFICATION
 from transformer.data.tokenizer import SubwordTokenizer
 from transformer.io import atomic_directory
-from transformer.model import Transformer
+from transformer.model import Transformer, TransformerClassifier
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -34,13 +40,27 @@ MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE)
 TASK_FILE = "task.json"  # optional: absent for translation
 
 
+def is_classification(task: dict[str, Any] | None) -> bool:
+    """Whether a task record (task.json, a data manifest's "task") is text classification."""
+    return task is not None and task.get("name") == CLASSIFICATION
+
+
+def build_model(config: ModelConfig, task: dict[str, Any] | None) -> nn.Module:
+    """The model a task trains: a TransformerClassifier over the task's labels for
+    classification, else the encoder-decoder Transformer (translation, parsing, ...)."""
+    if is_classification(task):
+        assert task is not None
+        return TransformerClassifier(config, len(task["labels"]))
+    return Transformer(config)
+
+
 class ModelDirError(ValueError):
     """A model directory is missing a file, holds a corrupt one, or its parts do not match."""
 
 
 def write_model_files(
     directory: Path,
-    model: Transformer,
+    model: nn.Module,
     tokenizer: SubwordTokenizer,
     task: dict[str, Any] | None = None,
 ) -> None:
@@ -61,7 +81,7 @@ def write_model_files(
 
 def save_model_dir(
     directory: Path | str,
-    model: Transformer,
+    model: nn.Module,
     tokenizer: SubwordTokenizer,
     task: dict[str, Any] | None = None,
 ) -> Path:
@@ -104,13 +124,54 @@ def load_task(directory: Path | str) -> dict[str, Any] | None:
         raise ModelDirError(f'{path}: expected an object with a "name" (e.g. "parsing")')
     if not isinstance(task.get("decoding", {}), dict):
         raise ModelDirError(f'{path}: "decoding" must be an object of decoding options')
+    if is_classification(task):
+        labels = task.get("labels")
+        if (
+            not isinstance(labels, list)
+            or len(labels) < 2
+            or not all(isinstance(x, str) and x for x in labels)
+            or len(set(labels)) != len(labels)
+        ):
+            raise ModelDirError(
+                f'{path}: a classification task needs "labels", a list of at least 2 distinct '
+                "non-empty class names in index order"
+            )
     return task
 
 
 def load_model_dir(
     directory: Path | str, device: torch.device | str = "cpu"
 ) -> tuple[Transformer, SubwordTokenizer]:
-    """Load (model in eval mode, tokenizer) from a model directory, checking that they match."""
+    """Load (translation model in eval mode, tokenizer) from a model directory, checking that
+    they match; a classifier's directory is refused with a pointer to `transformer classify`."""
+    model, tokenizer = load_any_model_dir(directory, device)
+    if not isinstance(model, Transformer):
+        raise ModelDirError(
+            f"{directory}: a classification model (task.json); it classifies texts, it does not "
+            "translate: use `transformer classify` or transformer.Classifier"
+        )
+    return model, tokenizer
+
+
+def load_classifier_dir(
+    directory: Path | str, device: torch.device | str = "cpu"
+) -> tuple[TransformerClassifier, SubwordTokenizer, list[str]]:
+    """Load (classifier in eval mode, tokenizer, class names) from a classifier's directory."""
+    model, tokenizer = load_any_model_dir(directory, device)
+    if not isinstance(model, TransformerClassifier):
+        raise ModelDirError(
+            f"{directory}: not a classification model (its {TASK_FILE} does not name the task "
+            f"{CLASSIFICATION!r}); train one on data prepared with `transformer prepare --classify`"
+        )
+    task = load_task(directory)
+    assert task is not None
+    return model, tokenizer, list(task["labels"])
+
+
+def load_any_model_dir(
+    directory: Path | str, device: torch.device | str = "cpu"
+) -> tuple[nn.Module, SubwordTokenizer]:
+    """Load (model of the directory's task in eval mode, tokenizer), checking that they match."""
     directory = Path(directory)
     if not directory.is_dir():
         raise ModelDirError(f"{directory}: not a directory; {_what_is_a_model_dir(directory)}")
@@ -129,7 +190,7 @@ def load_model_dir(
             f"{directory}: {TOKENIZER_FILE} has {tokenizer.vocab_size} tokens but {CONFIG_FILE} "
             f"says vocab_size {config.vocab_size}; the tokenizer does not belong to this model"
         )
-    model = Transformer(config)
+    model = build_model(config, load_task(directory))
     path = directory / WEIGHTS_FILE
     try:
         load_model(model, str(path), strict=True)

@@ -2,7 +2,8 @@
 
     transformer visualize --model MODEL_DIR --text "Ein Hund rennt." --out viz/ [--beam 4 ...]
 
-translates the text, then writes into the output directory, for every layer l (1-based):
+translates the text (a classification model classifies it and writes only the encoder's maps and
+the positional plot), then writes into the output directory, for every layer l (1-based):
 
     encoder_self_layer{l}.png   encoder self-attention: source tokens x source tokens
     decoder_self_layer{l}.png   decoder self-attention: decoder inputs x decoder inputs (causal)
@@ -47,10 +48,11 @@ from torch import Tensor
 
 from transformer.config import ConfigError, ModelConfig
 from transformer.io import atomic_write
-from transformer.model import Transformer
+from transformer.model import Transformer, TransformerClassifier
 from transformer.model.embeddings import SinusoidalPositionalEncoding
 
 if TYPE_CHECKING:
+    from transformer.classifier import Classifier, Prediction
     from transformer.translator import AttentionMaps, Translation, Translator
 
 DPI = 110
@@ -274,7 +276,8 @@ class PositionalTable:
 
 
 def positional_encoding_tables(
-    model_or_config: Transformer | ModelConfig, n_positions: int | None = None
+    model_or_config: Transformer | TransformerClassifier | ModelConfig,
+    n_positions: int | None = None,
 ) -> list[PositionalTable]:
     """The positional table(s) a model uses, for positions 0 .. n_positions-1.
 
@@ -284,7 +287,7 @@ def positional_encoding_tables(
     (a learned table exists only in trained weights). n_positions defaults to 128, and is capped
     at `max_positions` for learned tables. Raises ValueError for a model without positions.
     """
-    config = model_or_config.config if isinstance(model_or_config, Transformer) else model_or_config
+    config = model_or_config if isinstance(model_or_config, ModelConfig) else model_or_config.config
     if config.positional == "none":
         raise ValueError(
             "this model has no positional encoding (positional: none): nothing to plot"
@@ -309,7 +312,10 @@ def positional_encoding_tables(
         tables = {
             stack: getattr(model, stack).embed.positional(n).detach().float().cpu()  # (P, D)
             for stack in ("encoder", "decoder")
+            if hasattr(model, stack)  # a classifier has only the encoder
         }
+    if "decoder" not in tables:
+        return [PositionalTable(tables["encoder"], learned, "encoder")]
     if torch.equal(tables["encoder"], tables["decoder"]):
         return [PositionalTable(tables["encoder"], learned, "encoder and decoder")]
     return [PositionalTable(values, learned, stack) for stack, values in tables.items()]
@@ -343,7 +349,7 @@ def positional_encoding_figure(
     """Per table (see `positional_encoding_tables`): a heat map of positions x dimensions and
     the curves of a few dimensions over the positions."""
     tables = positional_encoding_tables(model_or_config, n_positions)
-    config = model_or_config.config if isinstance(model_or_config, Transformer) else model_or_config
+    config = model_or_config if isinstance(model_or_config, ModelConfig) else model_or_config.config
     d_model = config.d_model
     fig = Figure(figsize=(12, 4.2 * len(tables) + 0.6), layout="constrained")
     axes = fig.subplots(len(tables), 2, squeeze=False, width_ratios=[1, 1.15])
@@ -394,7 +400,7 @@ def _dimension_label(dim: int, d_model: int, learned: bool) -> str:
 
 
 def plot_positional_encoding(
-    model_or_config: Transformer | ModelConfig,
+    model_or_config: Transformer | TransformerClassifier | ModelConfig,
     path: Path | str,
     n_positions: int | None = None,
     dpi: int = DPI,
@@ -459,6 +465,62 @@ def visualize(
     return Visualization(result, files, notes)
 
 
+@dataclass
+class ClassifierVisualization:
+    """What `visualize_classifier` did: the prediction and the files written."""
+
+    prediction: Prediction
+    files: list[Path]
+    notes: list[str]
+
+
+def visualize_classifier(
+    classifier: Classifier,
+    text: str,
+    out_dir: Path | str,
+    *,
+    n_positions: int | None = None,
+    dpi: int = DPI,
+) -> ClassifierVisualization:
+    """Classify `text` and write its encoder self-attention maps (one PNG per layer) and the
+    positional-encoding plot. Raises ValueError for an empty text."""
+    if not text.strip():
+        raise ValueError("the text is empty: give a text to classify and visualize")
+    prediction = classifier.classify([text], top_k=len(classifier.labels))[0]
+    attention = classifier.attention(text)
+    out = Path(out_dir)
+    stem, kind_title, row_label, col_label = ATTENTION_KINDS["encoder_self"]
+    caption = f"{prediction.label} ({100 * prediction.probability:.1f}%)"
+    files = []
+    for layer, weights in enumerate(attention.layers):  # (H, S, S) each
+        title = f"{kind_title}, layer {layer + 1} of {len(attention.layers)}"
+        title += _caption(text, caption)
+        fig = attention_figure(
+            weights,
+            attention.tokens,
+            attention.tokens,
+            title=title,
+            row_label=row_label.replace("source", "text"),
+            col_label=col_label.replace("source", "text"),
+        )
+        files.append(_save(fig, out / f"{stem}_layer{layer + 1}.png", dpi))
+    notes = []
+    if prediction.truncated:
+        notes.append(
+            f"the text is longer than the model can take: only its first "
+            f"{classifier.max_text_subwords} subwords were read"
+        )
+    try:
+        files.append(
+            plot_positional_encoding(
+                classifier.model, out / "positional_encoding.png", n_positions, dpi
+            )
+        )
+    except ValueError as e:  # a model without positions
+        notes.append(f"no positional_encoding.png: {e}")
+    return ClassifierVisualization(prediction, files, notes)
+
+
 # ---------------------------------------------------------------------------------------- CLI
 
 
@@ -482,7 +544,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from transformer.decoding.cli import decode_options, load_translator
-    from transformer.modeldir import ModelDirError
+    from transformer.modeldir import ModelDirError, is_classification, load_task
 
     def fail(message: str) -> int:
         print(f"transformer visualize: {message}", file=sys.stderr)
@@ -493,6 +555,8 @@ def run(args: argparse.Namespace) -> int:
     if args.positions < 1:
         return fail(f"--positions must be at least 1, got {args.positions}")
     try:
+        if len(args.model) == 1 and is_classification(load_task(args.model[0])):
+            return _run_classifier(args, fail)
         options = decode_options(args)  # bad options are reported before loading anything
         translator = load_translator(args)
         done = visualize(
@@ -505,6 +569,26 @@ def run(args: argparse.Namespace) -> int:
     for note in done.notes:
         print(f"transformer visualize: {note}", file=sys.stderr)
     print(f"translation: {done.translation.text}")
+    for path in done.files:
+        print(path)
+    return 0
+
+
+def _run_classifier(args: argparse.Namespace, fail) -> int:
+    from transformer.classifier import Classifier
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    classifier = Classifier.from_pretrained(args.model[0], device=args.device)
+    try:
+        done = visualize_classifier(
+            classifier, args.text, args.out, n_positions=args.positions, dpi=args.dpi
+        )
+    except OSError as e:
+        return fail(f"cannot write into {args.out}: {e}")
+    for note in done.notes:
+        print(f"transformer visualize: {note}", file=sys.stderr)
+    print("class: " + ", ".join(f"{label} {100 * p:.1f}%" for label, p in done.prediction.top))
     for path in done.files:
         print(path)
     return 0

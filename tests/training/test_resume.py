@@ -36,13 +36,29 @@ def _wait_for_checkpoint(proc: subprocess.Popen, run_dir: Path, step: int) -> No
     raise AssertionError(f"no checkpoint of update {step} after 200 s")
 
 
+# Each task the trainer knows: (data fixture, extra config sections).
+TASKS = {
+    "translation": ("small_data", {}),
+    "classification": ("labelled_data", {"data": {"task": "classification"}}),
+}
+
+
+def task_config(request: pytest.FixtureRequest, task: str, **sections: dict) -> dict:
+    """The micro config of `task` on its data, with `sections` merged in."""
+    fixture, extra = TASKS[task]
+    data = request.getfixturevalue(fixture)
+    merged = {k: {**extra.get(k, {}), **sections.get(k, {})} for k in {*extra, *sections}}
+    return micro_config(data, **merged)
+
+
+@pytest.mark.parametrize("task", TASKS)
 def test_sigkill_then_resume_is_bitwise_equal_to_an_uninterrupted_run(
-    small_data: Path, tmp_path: Path
+    task: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     updates = 300
     config = write_config(
         tmp_path / "c.yaml",
-        micro_config(small_data, train={"max_updates": updates, "save_every": 10}),
+        task_config(request, task, train={"max_updates": updates, "save_every": 10}),
     )
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     subprocess.run(train_command(config, straight), env=cli_env(), check=True, capture_output=True)
@@ -91,14 +107,15 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(small_data: Path, tmp_path
     assert f"at update {last_step} " in stderr  # the checkpoint is of the update it stopped at
 
 
+@pytest.mark.parametrize("task", TASKS)
 def test_two_process_ddp_equals_one_process_with_the_doubled_batch(
-    small_data: Path, tmp_path: Path
+    task: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     common = {"model": {"dropout": 0.0}, "train": {"max_updates": 4, "save_every": 0}}
     one = write_config(
-        tmp_path / "one.yaml", micro_config(small_data, optim={"update_freq": 2}, **common)
+        tmp_path / "one.yaml", task_config(request, task, optim={"update_freq": 2}, **common)
     )
-    two = write_config(tmp_path / "two.yaml", micro_config(small_data, **common))
+    two = write_config(tmp_path / "two.yaml", task_config(request, task, **common))
     subprocess.run(
         train_command(one, tmp_path / "one"), env=cli_env(), check=True, capture_output=True
     )

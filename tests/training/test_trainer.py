@@ -11,7 +11,7 @@ import torch
 
 from tests.training.conftest import run_config
 from transformer.data.batching import collate
-from transformer.training import trainer as trainer_module
+from transformer.training import objective as objective_module
 from transformer.training.checkpoint import latest_checkpoint, list_checkpoints
 from transformer.training.schedule import noam_learning_rate
 from transformer.training.trainer import Trainer, TrainingError
@@ -91,7 +91,7 @@ def test_a_finished_run_says_so(small_data: Path, tmp_path: Path) -> None:
 def test_ten_non_finite_losses_in_a_row_stop_training_with_the_checkpoint_intact(
     small_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = trainer_module.label_smoothed_nll_loss
+    real = objective_module.label_smoothed_nll_loss
     calls = {"n": 0}
 
     def poisoned(logits, target, epsilon):
@@ -99,7 +99,7 @@ def test_ten_non_finite_losses_in_a_row_stop_training_with_the_checkpoint_intact
         loss, nll = real(logits, target, epsilon)
         return (loss * float("nan"), nll) if calls["n"] > 4 else (loss, nll)
 
-    monkeypatch.setattr(trainer_module, "label_smoothed_nll_loss", poisoned)
+    monkeypatch.setattr(objective_module, "label_smoothed_nll_loss", poisoned)
     config = run_config(small_data, train={"max_updates": 50, "save_every": 4})
     messages: list[str] = []
     trainer = Trainer(config, tmp_path, log=messages.append)

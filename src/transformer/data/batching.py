@@ -277,3 +277,52 @@ def collate(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> Batch:
         n_src_tokens=int(src_len.sum()) + b,
         n_tgt_tokens=int(tgt_len.sum()) + b,
     )
+
+
+@dataclass(frozen=True)
+class LabelledBatch:
+    """A padded batch of labelled texts (classification). src (B, S) = x + </s>, padded with
+    PAD_ID; labels (B,) class indices; both int64. `n_src_tokens` excludes padding."""
+
+    src: torch.Tensor
+    labels: torch.Tensor
+    n_src_tokens: int
+
+    @property
+    def size(self) -> int:
+        """Number of texts, B."""
+        return int(self.src.shape[0])
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> LabelledBatch:
+        """The same batch with its tensors on `device`."""
+        return replace(
+            self,
+            src=self.src.to(device, non_blocking=non_blocking),
+            labels=self.labels.to(device, non_blocking=non_blocking),
+        )
+
+    def pin_memory(self) -> LabelledBatch:
+        """Page-locked copy, so that DataLoader(pin_memory=True) works with this type."""
+        return replace(self, src=self.src.pin_memory(), labels=self.labels.pin_memory())
+
+
+def pad_sources(sources: Sequence[np.ndarray | Sequence[int]]) -> tuple[torch.Tensor, int]:
+    """(B, S) int64 ids: each source + </s>, padded with PAD_ID; and the real token count."""
+    if not sources:
+        raise ValueError("cannot collate an empty list")
+    lengths = [len(x) for x in sources]
+    src = np.full((len(sources), max(lengths) + 1), PAD_ID, dtype=np.int64)  # (B, S)
+    for i, x in enumerate(sources):
+        src[i, : lengths[i]] = x
+        src[i, lengths[i]] = EOS_ID
+    return torch.from_numpy(src), sum(lengths) + len(sources)
+
+
+def collate_labelled(rows: Sequence[tuple[np.ndarray, np.ndarray]]) -> LabelledBatch:
+    """Pad (text ids, [class index]) rows, as a classification data directory stores them
+    (`transformer.data.classification`: the target side is the one class index), into a batch."""
+    src, n_tokens = pad_sources([x for x, _ in rows])
+    if any(len(y) != 1 for _, y in rows):
+        raise DataError("a classification row must have exactly one label token")
+    labels = torch.tensor([int(y[0]) for _, y in rows], dtype=torch.int64)  # (B,)
+    return LabelledBatch(src=src, labels=labels, n_src_tokens=n_tokens)

@@ -125,9 +125,9 @@ def run(args: argparse.Namespace) -> int:
     out: TextIO = (
         sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")  # noqa: SIM115
     )
-    progress = _progress()
+    progress = progress_bar()
     try:
-        for lines in _batches(source, max(1, args.buffer)):
+        for lines in line_batches(source, max(1, args.buffer)):
             _translate_lines(translator, lines, options, nbest, out)
             if progress is not None:
                 progress.update(len(lines))
@@ -172,15 +172,18 @@ def _translate_lines(
 _END = object()
 
 
-def _batches(stream: BinaryIO, size: int) -> Iterator[list[tuple[int, str]]]:
+def line_batches(
+    stream: BinaryIO, size: int, prog: str = "transformer translate"
+) -> Iterator[list[tuple[int, str]]]:
     """Batches of (1-based line number, text): all lines waiting (at most `size`), never waiting
-    for more than the first, so each line is translated as soon as it has arrived."""
+    for more than the first, so each line is processed as soon as it has arrived (`prog` names
+    the command in warnings)."""
     lines: queue.Queue = queue.Queue(maxsize=4 * size)
 
     def read() -> None:
         try:
             for lineno, raw in enumerate(stream, start=1):
-                lines.put((lineno, _decode_line(raw, lineno)))
+                lines.put((lineno, _decode_line(raw, lineno, prog)))
         except BaseException as e:  # handed to the main thread
             lines.put(e)
         lines.put(_END)
@@ -207,7 +210,7 @@ def _batches(stream: BinaryIO, size: int) -> Iterator[list[tuple[int, str]]]:
             yield batch
 
 
-def _decode_line(raw: bytes, lineno: int) -> str:
+def _decode_line(raw: bytes, lineno: int, prog: str) -> str:
     """A line without its LF / CRLF; invalid UTF-8 is replaced (with a warning), never dropped."""
     if raw.endswith(b"\n"):
         raw = raw[:-1]
@@ -217,15 +220,14 @@ def _decode_line(raw: bytes, lineno: int) -> str:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         print(
-            f"transformer translate: line {lineno}: invalid UTF-8, undecodable bytes replaced "
-            "by U+FFFD",
+            f"{prog}: line {lineno}: invalid UTF-8, undecodable bytes replaced by U+FFFD",
             file=sys.stderr,
         )
         text = raw.decode("utf-8", errors="replace")
     return text[1:] if lineno == 1 and text.startswith("\ufeff") else text  # drop a BOM
 
 
-def _progress():
+def progress_bar():
     """A tqdm bar on stderr when it is a terminal, else None."""
     if not sys.stderr.isatty():
         return None

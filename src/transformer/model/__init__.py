@@ -7,6 +7,7 @@ from transformer.model.attention import (
     reference_attention,
 )
 from transformer.model.cache import DecoderCache
+from transformer.model.classifier import TransformerClassifier
 from transformer.model.embeddings import sinusoid_table
 from transformer.model.layers import AttentionRecord, DecoderLayer, EncoderLayer, FeedForward
 from transformer.model.transformer import Decoder, Encoder, Transformer
@@ -21,6 +22,7 @@ __all__ = [
     "FeedForward",
     "MultiHeadAttention",
     "Transformer",
+    "TransformerClassifier",
     "causal_mask",
     "padding_mask",
     "reference_attention",

@@ -45,6 +45,15 @@ def _layer_kwargs(config: ModelConfig) -> dict:
     )
 
 
+def init_linear_layers(*stacks: nn.Module) -> None:
+    """Xavier-uniform weights and zero biases for every projection inside the layers."""
+    for stack in stacks:
+        for module in stack.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+
+
 class Encoder(nn.Module):
     """N encoder layers over embedded source tokens (plus a final LayerNorm in pre-norm only)."""
 
@@ -121,15 +130,7 @@ class Transformer(nn.Module):
             nn.init.normal_(self.output_projection.weight, std=config.d_model**-0.5)
         self.encoder = Encoder(config, src_embedding)
         self.decoder = Decoder(config, tgt_embedding)
-        self._init_linear_layers()
-
-    def _init_linear_layers(self) -> None:
-        """Xavier-uniform weights and zero biases for every projection inside the layers."""
-        for stack in (self.encoder.layers, self.decoder.layers):
-            for module in stack.modules():
-                if isinstance(module, nn.Linear):
-                    nn.init.xavier_uniform_(module.weight)
-                    nn.init.zeros_(module.bias)
+        init_linear_layers(self.encoder.layers, self.decoder.layers)
 
     @property
     def output_weight(self) -> Tensor:

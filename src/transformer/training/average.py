@@ -15,11 +15,11 @@ import torch
 from safetensors.torch import load_file
 
 from transformer.data.tokenizer import SubwordTokenizer
-from transformer.model import Transformer
 from transformer.modeldir import (
     TOKENIZER_FILE,
     WEIGHTS_FILE,
     ModelDirError,
+    build_model,
     load_model_config,
     load_task,
     save_model_dir,
@@ -72,7 +72,8 @@ def average_run(run_dir: Path | str, last: int, out: Path | str) -> list[Path]:
         )
     intact.reverse()
     config = load_model_config(intact[-1])
-    model = Transformer(config)
+    task = load_task(intact[-1])
+    model = build_model(config, task)
     averaged = average_checkpoints(intact)
     # Shared parameters appear once in the file; load through the module so they stay shared.
     missing, unexpected = model.load_state_dict(averaged, strict=False)
@@ -80,7 +81,7 @@ def average_run(run_dir: Path | str, last: int, out: Path | str) -> list[Path]:
     if unexpected or set(missing) - shared:
         raise ModelDirError(f"{intact[-1]}: weights do not match its config.json")
     tokenizer = SubwordTokenizer.from_file(intact[-1] / TOKENIZER_FILE)
-    save_model_dir(out, model, tokenizer, load_task(intact[-1]))
+    save_model_dir(out, model, tokenizer, task)
     return intact
 
 

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from transformer.data.textfiles import file_sha256
 from transformer.data.tokenizer import SubwordTokenizer
 from transformer.io import atomic_directory, unfinished_directories
-from transformer.model import Transformer
 from transformer.modeldir import write_model_files
 
 CHECKPOINTS = "checkpoints"
@@ -61,7 +61,7 @@ def list_checkpoints(run_dir: Path | str) -> list[tuple[int, Path]]:
 def save_checkpoint(
     run_dir: Path | str,
     step: int,
-    model: Transformer,
+    model: nn.Module,
     tokenizer: SubwordTokenizer,
     trainer_state: dict[str, Any],
     run_config: dict[str, Any],

@@ -30,7 +30,8 @@ from transformer.config import (
 
 Precision = Literal["fp32", "bf16", "fp16"]
 Device = Literal["auto", "cpu", "cuda"]
-BestMetric = Literal["bleu", "loss"]
+BestMetric = Literal["bleu", "accuracy", "loss"]
+Task = Literal["auto", "translation", "classification"]
 
 
 def _required_data_dir(value: str) -> str | None:
@@ -41,6 +42,10 @@ def _required_data_dir(value: str) -> str | None:
 class DataConfig:
     # Directory written by `transformer prepare` (manifest.json, tokenizer.json, binarized splits).
     dir: str = setting("", check=_required_data_dir)
+    # What the model learns: "translation" (any sequence-to-sequence data: an encoder-decoder
+    # Transformer), "classification" (labelled texts: a TransformerClassifier), or "auto": what
+    # the prepared data is for. A named task must agree with the data.
+    task: Task = "auto"
     # Padded tokens per batch and side, per process (the paper: ~25,000 per update in total).
     max_tokens: int = setting(4096, ge=1)
     # Split used for validation loss, perplexity and BLEU.
@@ -97,7 +102,9 @@ class TrainConfig:
     valid_beam: int = setting(4, ge=1)
     # Decode at most this many validation sentences for BLEU (0 = all).
     valid_bleu_sentences: int = setting(0, ge=0)
-    # Keep the best model (by this metric) in RUN_DIR/best/.
+    # Keep the best model (by this metric) in RUN_DIR/best/. A metric the task does not report
+    # falls back to the task's own: accuracy for classification, loss for translation without
+    # BLEU.
     best_metric: BestMetric = "bleu"
     # Stop when the best metric has not improved for this many validations (0 = never).
     patience: int = setting(0, ge=0)

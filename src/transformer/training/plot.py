@@ -1,6 +1,7 @@
 """`transformer plot RUN_DIR`: training curves as PNG files, from the run's metrics.jsonl.
 
-Writes RUN_DIR/plots/{loss,perplexity,bleu,learning_rate}.png and curves.png (all four in one).
+Writes RUN_DIR/plots/{loss,perplexity,bleu,learning_rate}.png and curves.png (all four in one);
+for a classification run, accuracy.png (validation accuracy and macro-F1) instead of bleu.png.
 """
 
 from __future__ import annotations
@@ -50,6 +51,12 @@ PANELS = {  # file name -> (title, y label, [(kind, key, label)], log scale)
         True,
     ),
     "bleu": ("Validation BLEU", "BLEU", [("valid", "bleu", "valid")], False),
+    "accuracy": (
+        "Validation accuracy",
+        "percent",
+        [("valid", "accuracy", "accuracy"), ("valid", "macro_f1", "macro-F1")],
+        False,
+    ),
     "learning_rate": ("Learning rate", "learning rate", [("train", "lr", "lr")], False),
 }
 
@@ -87,12 +94,15 @@ def plot_run(run_dir: Path | str, out_dir: Path | str | None = None) -> list[Pat
         plt.close(fig)
         written.append(path)
 
-    for name in PANELS:
+    # A classification run reports accuracy where a translation run reports BLEU.
+    scored = "accuracy" if _series(rows, "valid", "accuracy")[0] else "bleu"
+    names = [n for n in PANELS if n not in ("bleu", "accuracy") or n == scored]
+    for name in names:
         fig, ax = plt.subplots(figsize=(6, 4))
         draw(ax, name)
         save(fig, name)
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
-    for ax, name in zip(axes.flat, PANELS):
+    for ax, name in zip(axes.flat, names):
         draw(ax, name)
     fig.suptitle(str(run_dir))
     save(fig, "curves")

@@ -32,10 +32,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from transformer.data.batching import Batch, TokenBatchSampler, collate
+from transformer.data.batching import TokenBatchSampler
 from transformer.data.dataset import load_split, load_tokenizer, read_manifest
 from transformer.data.errors import DataError
-from transformer.model import Transformer
 from transformer.modeldir import save_model_dir
 from transformer.training.checkpoint import (
     latest_checkpoint,
@@ -45,11 +44,11 @@ from transformer.training.checkpoint import (
 from transformer.training.config import RunConfig
 from transformer.training.distributed import init_distributed
 from transformer.training.errors import TrainingError
-from transformer.training.loss import label_smoothed_nll_loss
 from transformer.training.metrics import METRICS, LossWindow, MetricsLog
+from transformer.training.objective import objective_for
 from transformer.training.schedule import noam_learning_rate
 from transformer.training.state import Progress, rng_state, set_rng_state
-from transformer.training.validation import Validator
+from transformer.training.validation import HIGHER_IS_BETTER, describe, validator_for
 
 __all__ = ["BEST", "METRICS", "Trainer", "TrainingError"]
 
@@ -81,15 +80,19 @@ class Trainer:
         # Data: the tokenizer fixes the vocabulary, hence the model's size.
         data_dir = Path(config.data.dir)
         self.tokenizer = load_tokenizer(data_dir)  # also checks the manifest
-        # A task other than translation (e.g. parsing) travels with every model written.
+        # A task other than translation (e.g. parsing) travels with every model written; it
+        # chooses what is trained (the objective: model, batching, loss, validation).
         self.task: dict[str, Any] | None = read_manifest(data_dir).get("task")
+        self.objective = objective_for(self.task, config.data.task)
         self.train_data = load_split(data_dir, "train")
         if len(self.train_data) == 0:
             raise DataError(f"{data_dir}: the training split is empty")
-        self.validator = Validator(config)
+        self.validator = validator_for(config, self.task)
+        self.model_config = config.model_config(self.tokenizer.vocab_size)
+        torch.manual_seed(config.train.seed)  # every rank builds the same initial weights
+        self.model = self.objective.build(self.model_config).to(self.device)
         self.sampler = TokenBatchSampler(
-            self.train_data.src_lengths,
-            self.train_data.tgt_lengths,
+            *self.objective.lengths(self.train_data),
             config.data.max_tokens,
             shuffle=True,
             seed=config.train.seed,
@@ -102,10 +105,6 @@ class Trainer:
                 f"{self.dist.world_size} processes; use fewer processes or more data"
             )
 
-        # Model and optimizer. Every rank builds the same initial weights from the seed.
-        torch.manual_seed(config.train.seed)
-        self.model_config = config.model_config(self.tokenizer.vocab_size)
-        self.model = Transformer(self.model_config).to(self.device)
         o = config.optim
         self.optimizer = torch.optim.Adam(
             self.model.parameters(),
@@ -322,27 +321,27 @@ class Trainer:
 
     # ------------------------------------------------------------------ batches
 
-    def _batches(self) -> Iterator[Batch]:
+    def _batches(self) -> Iterator[Any]:
         """This epoch's remaining batches for this rank, collated (in workers if configured)."""
         workers = self.config.data.num_workers
         if workers == 0:
             for indices in self.sampler:
-                yield collate([self.train_data[i] for i in indices])
+                yield self.objective.collate([self.train_data[i] for i in indices])
             return
         loader = torch.utils.data.DataLoader(
             self.train_data,
             batch_sampler=self.sampler,
-            collate_fn=collate,
+            collate_fn=self.objective.collate,
             num_workers=workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
         )
         yield from loader
 
-    def _groups(self) -> Iterator[list[Batch]]:
+    def _groups(self) -> Iterator[list[Any]]:
         """Groups of `update_freq` batches (the last group of an epoch may be smaller)."""
         n = len(self.sampler)
-        group: list[Batch] = []
+        group: list[Any] = []
         for batch in self._batches():
             group.append(batch)
             if (
@@ -356,12 +355,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ one update
 
-    def forward_backward(self, group: list[Batch]) -> tuple[float, float, float]:
+    def forward_backward(self, group: list[Any]) -> tuple[float, float, float]:
         """Accumulate the gradient of one update's token-mean loss over a group of batches.
 
-        Returns (smoothed loss sum, NLL sum, target tokens), summed over all processes.
+        Returns (smoothed loss sum, NLL sum, target tokens), summed over all processes (for
+        classification: texts instead of target tokens).
         """
-        n_tokens = sum(b.n_tgt_tokens for b in group)
+        n_tokens = sum(self.objective.count(b) for b in group)
         (global_tokens,) = self.dist.sum([float(n_tokens)])
         # DDP averages gradients over processes; scale so that the result is the token mean.
         scale = self.dist.world_size / global_tokens
@@ -376,10 +376,8 @@ class Trainer:
                 else contextlib.nullcontext()
             )
             with sync:
-                with self.autocast():
-                    logits = self.net(batch.src, batch.tgt_in)  # (B, T, V)
-                loss, nll = label_smoothed_nll_loss(
-                    logits, batch.tgt_out, self.config.optim.label_smoothing
+                loss, nll = self.objective.loss(
+                    self.net, batch, self.config.optim.label_smoothing, self.autocast
                 )
                 self.scaler.scale(loss * scale).backward()
             loss_sum += loss.item()
@@ -387,7 +385,7 @@ class Trainer:
         loss_sum, nll_sum = self.dist.sum([loss_sum, nll_sum])
         return loss_sum, nll_sum, global_tokens
 
-    def train_step(self, group: list[Batch]) -> dict[str, float] | None:
+    def train_step(self, group: list[Any]) -> dict[str, float] | None:
         """One optimizer update on a group of batches.
 
         Returns its statistics; None if the loss was not finite (nothing changes); {} if fp16's
@@ -471,7 +469,7 @@ class Trainer:
         if bar.disable and self.config.train.progress:  # no bar (not a terminal): log a line
             self.log(
                 f"update {self.step}: loss {row['loss']:.4f}, ppl {row['ppl']:.2f}, lr {lr:.3e}, "
-                f"{row['tokens_per_s']:.0f} tok/s"
+                f"{row['tokens_per_s']:.0f} {self.objective.unit}/s"
             )
 
     # ------------------------------------------------------------------ validation
@@ -489,10 +487,11 @@ class Trainer:
         if not result:
             return result
         metric = self.best_metric_name = (
-            "bleu" if t.best_metric == "bleu" and "bleu" in result else "loss"
+            t.best_metric if t.best_metric in result else self.validator.primary_metric
         )
         value = result[metric]
-        improved = p.best is None or (value > p.best if metric == "bleu" else value < p.best)
+        higher = metric in HIGHER_IS_BETTER
+        improved = p.best is None or (value > p.best if higher else value < p.best)
         if improved:
             p.best = value
             p.bad_validations = 0
@@ -510,11 +509,7 @@ class Trainer:
                 **result,
             }
         )
-        bleu = f", BLEU {result['bleu']:.2f}" if "bleu" in result else ""
-        self.log(
-            f"update {self.step}: valid loss {result['loss']:.4f}, ppl {result['ppl']:.2f}{bleu}"
-            f"{' (best)' if improved else ''}"
-        )
+        self.log(f"update {self.step}: valid {describe(result)}{' (best)' if improved else ''}")
         if t.patience and p.bad_validations >= t.patience:
             self.stop_reason = (
                 f"early stopping: no improvement of valid {metric} in {t.patience} validations"

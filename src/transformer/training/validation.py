@@ -1,4 +1,5 @@
-"""Validation during training: loss, perplexity and BLEU.
+"""Validation during training: loss, perplexity and BLEU (translation); loss, accuracy and
+macro-F1 (classification).
 
 Runs on one process. Loss and perplexity are teacher-forced over the whole validation split;
 BLEU decodes the raw source lines (greedily by default: cheaper; or by beam search with the
@@ -15,10 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import sacrebleu
 import torch
 
-from transformer.data.batching import TokenBatchSampler, collate
+from transformer.data.batching import TokenBatchSampler, collate, collate_labelled
 from transformer.data.dataset import ParallelDataset, load_split
 from transformer.data.tokenizer import SubwordTokenizer
 from transformer.decoding.engine import (
@@ -28,15 +30,45 @@ from transformer.decoding.engine import (
     max_source_subwords,
 )
 from transformer.decoding.options import DecodeOptions
-from transformer.model import Transformer
+from transformer.evaluation.classification import classification_scores
+from transformer.model import Transformer, TransformerClassifier
+from transformer.modeldir import is_classification
 from transformer.training.config import RunConfig
 from transformer.training.loss import label_smoothed_nll_loss
+
+# Validation metrics where more is better (the others, losses and perplexity, are better lower).
+HIGHER_IS_BETTER = frozenset({"bleu", "accuracy", "macro_f1"})
+
+
+def describe(result: dict[str, Any]) -> str:
+    """A validation result in one line: "loss 2.1, ppl 5.6, BLEU 31.2" or "loss 0.4, accuracy
+    88.1%, macro-F1 87.9%"."""
+    parts = [f"loss {result['loss']:.4f}"]
+    if "ppl" in result:
+        parts.append(f"ppl {result['ppl']:.2f}")
+    if "bleu" in result:
+        parts.append(f"BLEU {result['bleu']:.2f}")
+    if "accuracy" in result:
+        parts.append(f"accuracy {result['accuracy']:.2f}%, macro-F1 {result['macro_f1']:.2f}%")
+    return ", ".join(parts)
+
+
+def validator_for(
+    config: RunConfig, task: dict[str, Any] | None
+) -> Validator | ClassificationValidator:
+    """The validator of a run on data prepared for `task` (the data manifest's record)."""
+    if is_classification(task):
+        assert task is not None
+        return ClassificationValidator(config, list(task["labels"]))
+    return Validator(config)
 
 
 class Validator:
     """Validation as a run's config asks: on the split `data.valid_split` of the prepared
     directory (none there: no validation), BLEU if `train.valid_bleu` and the split's raw text
     was kept (`transformer prepare` keeps it for every split but train)."""
+
+    primary_metric = "loss"  # the best model's metric when the configured one is not computed
 
     def __init__(self, config: RunConfig) -> None:
         self.config = config
@@ -116,6 +148,76 @@ def validate(
         result["bleu"] = sacrebleu.corpus_bleu(outputs, [references[:n]]).score
     result["valid_seconds"] = time.monotonic() - start
     return result
+
+
+class ClassificationValidator:
+    """Loss, accuracy and macro-F1 on the split `data.valid_split` (none there: no validation);
+    the best model is the most accurate."""
+
+    primary_metric = "accuracy"
+
+    def __init__(self, config: RunConfig, labels: list[str]) -> None:
+        self.config = config
+        self.labels = labels
+        data_dir, split = Path(config.data.dir), config.data.valid_split
+        self.data: ParallelDataset | None = None
+        if (data_dir / f"{split}.src.idx").is_file():
+            self.data = load_split(data_dir, split)
+
+    def __call__(
+        self,
+        model: TransformerClassifier,
+        tokenizer: SubwordTokenizer,
+        device: torch.device,
+        autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    ) -> dict[str, Any]:
+        """{"loss", "nll_loss", "accuracy", "macro_f1" (percent), "valid_seconds"}; {} without
+        a validation split. Leaves eval mode on."""
+        if self.data is None:
+            return {}
+        start = time.monotonic()
+        logits, labels = classify_split(
+            model, self.data, device, self.config.data.valid_max_tokens, autocast
+        )
+        eps = self.config.optim.label_smoothing
+        n = labels.numel()
+        loss = torch.nn.functional.cross_entropy(logits, labels, label_smoothing=eps).item()
+        nll = torch.nn.functional.cross_entropy(logits, labels).item()
+        scores = classification_scores(labels.tolist(), logits.argmax(dim=-1).tolist(), self.labels)
+        return {
+            "loss": loss,
+            "nll_loss": nll,
+            "accuracy": 100 * scores.accuracy,
+            "macro_f1": 100 * scores.macro_f1,
+            "texts": n,
+            "valid_seconds": time.monotonic() - start,
+        }
+
+
+@torch.no_grad()
+def classify_split(
+    model: TransformerClassifier,
+    data: ParallelDataset,
+    device: torch.device,
+    max_tokens: int,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits (N, C) in fp32, gold labels (N,)) of every row of a classification split, in the
+    split's order, batched by length within `max_tokens`."""
+    model.eval()
+    extra = 1 if model.config.pooling == "cls" else 0
+    lengths = data.src_lengths + extra
+    budget = max(max_tokens, int(lengths.max()) + 1)
+    sampler = TokenBatchSampler(lengths, np.zeros_like(lengths), budget, shuffle=False)
+    logits = torch.empty(len(data), model.n_classes)
+    labels = torch.empty(len(data), dtype=torch.int64)
+    for indices in sampler:
+        batch = collate_labelled([data[i] for i in indices]).to(device)
+        with autocast():
+            out = model(batch.src)  # (B, C)
+        logits[indices] = out.float().cpu()
+        labels[indices] = batch.labels.cpu()
+    return logits, labels
 
 
 def best_translations(
