@@ -3,6 +3,9 @@
 `ServerProcess` starts `python -m transformer serve` on a free port of 127.0.0.1, waits for
 /health, and stops it with SIGTERM; the module-scoped `server` fixture asserts that it then exits
 cleanly (status 0).
+
+`classifier_dir` is a tiny classification model directory (random weights: the API tests need no
+training), and `docs_screenshot` saves a page's picture for the README when UPDATE_DOCS=1.
 """
 
 from __future__ import annotations
@@ -19,6 +22,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
+
+from transformer import ModelConfig
+from transformer.data import SubwordTokenizer
+from transformer.model import TransformerClassifier
+from transformer.modeldir import save_model_dir
 
 START_TIMEOUT = 90.0  # importing torch on a busy shared core can take a while
 
@@ -108,3 +117,45 @@ def server(
     """A server with the default settings over the copy model."""
     with running_server(copy_model_dir, tmp_path_factory.mktemp("server")) as proc:
         yield proc
+
+
+# ---------------------------------------------------------------------------- classification
+
+CLASSIFIER_LABELS = ["alpha", "beta", "gamma"]
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+UPDATE_DOCS = "UPDATE_DOCS"  # UPDATE_DOCS=1 pytest ...: the browser tests refresh docs/*.png
+
+
+@pytest.fixture(scope="session")
+def classifier_dir(
+    copy_tokenizer: SubwordTokenizer, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A classification model directory of 3 classes over the copy model's tokenizer, with
+    random weights (seeded); its head is scaled up so that the classes' probabilities differ
+    clearly (no near-ties for float rounding to flip between batched and single runs)."""
+    torch.manual_seed(1)
+    config = ModelConfig(
+        vocab_size=copy_tokenizer.vocab_size,
+        d_model=16,
+        n_heads=4,
+        d_ff=24,
+        n_encoder_layers=2,
+        n_decoder_layers=1,
+        dropout=0.0,
+    )
+    model = TransformerClassifier(config, len(CLASSIFIER_LABELS))
+    with torch.no_grad():
+        model.head.weight.mul_(4.0)
+    out = tmp_path_factory.mktemp("classifier") / "model"
+    task = {"name": "classification", "labels": CLASSIFIER_LABELS}
+    return save_model_dir(out, model, copy_tokenizer, task)
+
+
+def docs_screenshot(page, name: str) -> Path | None:
+    """With UPDATE_DOCS=1 (or true, yes, on) in the environment, a full-page screenshot of the
+    Playwright `page` saved as docs/NAME (the README shows it); otherwise nothing is written."""
+    if os.environ.get(UPDATE_DOCS, "").strip().lower() not in {"1", "true", "yes", "on"}:
+        return None
+    path = DOCS / name
+    page.screenshot(path=str(path), full_page=True)
+    return path

@@ -2,15 +2,21 @@
 
     app = create_app(Translator.from_pretrained("work/model"), ServeSettings())
     app = create_app(lambda: Translator.from_pretrained("work/model"))   # loads in the background
+    app = create_app(Classifier.from_pretrained("work/ag_news-model"))   # a classifier
 
-Endpoints: `POST /v1/translate`, `POST /v1/attention`, `GET /health` (503 until the model is
-loaded, and again while stopping), `GET /metrics` (Prometheus text format), `GET /` (the web page,
-from static/), `GET /docs` and `/openapi.json` (generated from schemas.py).
+Endpoints: `POST /v1/translate` (translation and parsing models), `POST /v1/classify`
+(classification models), `POST /v1/attention` (one text's attention weights, for either: a
+classifier's response holds the encoder part and the text's classes), `GET /health` (503 until
+the model is loaded, and again while stopping; it names the task, and a classifier's labels),
+`GET /metrics` (Prometheus text format), `GET /` (the web page, from static/), `GET /docs` and
+`/openapi.json` (generated from schemas.py).
 
 Errors are JSON `{"detail": "...", "errors": [{"field": ..., "message": ...}]}`: 400 for a body
-that is not JSON, 413 for a body over the size limit, 422 for a request that names a bad field,
-503 while loading or stopping or when too many requests wait, 500 if decoding itself fails (the
-server keeps serving). The app uses only the `Translator` facade, never a model directly.
+that is not JSON, 404 for an endpoint of another task (/v1/classify on a translation model,
+/v1/translate on a classifier), 413 for a body over the size limit, 422 for a request that names
+a bad field, 503 while loading or stopping or when too many requests wait, 500 if decoding itself
+fails (the server keeps serving). The app uses only the facades (`Translator`, `Classifier`),
+never a model directly; both go through the same dynamic batcher, limits and metrics.
 """
 
 from __future__ import annotations
@@ -27,19 +33,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from transformer.classifier import Attention, Classifier, Prediction
 from transformer.decoding.options import api_fields
+from transformer.modeldir import CLASSIFICATION
 from transformer.serve.batching import DynamicBatcher, ServiceUnavailable
 from transformer.serve.metrics import ServerMetrics
 from transformer.serve.schemas import (
     AttentionRequest,
     AttentionResponse,
+    ClassificationOut,
+    ClassifierAttentionResponse,
+    ClassifyRequest,
+    ClassifyResponse,
+    ClassOut,
     ErrorResponse,
     HealthResponse,
     HypothesisOut,
@@ -73,6 +86,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "Loading, stopping, or too many requests waiting.",
     },
 }
+WRONG_TASK_RESPONSE: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse, "description": "The model serves another task."},
+}
+
+Facade = Translator | Classifier  # what the app serves
 
 
 @dataclass
@@ -81,8 +99,16 @@ class _State:
 
     status: str = "loading"  # loading -> ready -> stopping; or failed
     detail: str | None = None
-    translator: Translator | None = None
+    model: Facade | None = None
     batcher: DynamicBatcher | None = None
+
+    @property
+    def translator(self) -> Translator | None:
+        return None if _is_classifier(self.model) else self.model  # type: ignore[return-value]
+
+    @property
+    def classifier(self) -> Classifier | None:
+        return self.model if _is_classifier(self.model) else None  # type: ignore[return-value]
 
     def ready_batcher(self) -> DynamicBatcher:
         if self.status != "ready" or self.batcher is None:
@@ -95,12 +121,12 @@ class _State:
 
 
 def create_app(
-    translator: Translator | Callable[[], Translator],
+    translator: Facade | Callable[[], Facade],
     settings: ServeSettings | None = None,
     *,
     on_load_error: Callable[[BaseException], None] | None = None,
 ) -> FastAPI:
-    """The application over a Translator, or over a function that loads one.
+    """The application over a Translator or a Classifier, or over a function that loads one.
 
     A loader runs in a thread when the app starts, so the server listens (and /health says 503)
     while the model loads; if it raises, /health reports "failed" and `on_load_error` is called
@@ -112,7 +138,7 @@ def create_app(
 
     async def load() -> None:
         try:
-            if hasattr(translator, "translate_nbest"):
+            if hasattr(translator, "translate_nbest") or _is_classifier(translator):
                 loaded = translator
             else:
                 loaded = await asyncio.to_thread(translator)  # type: ignore[arg-type]
@@ -122,14 +148,15 @@ def create_app(
             if on_load_error is not None:
                 on_load_error(e)
             return
+        if _is_classifier(loaded):
+            work, count = _classify_fn(loaded), _count_classified_tokens_fn(loaded)
+        else:
+            work, count = _translate_fn(loaded), _count_tokens_fn(loaded)
         batcher = DynamicBatcher(
-            translate=_translate_fn(loaded),
-            count_tokens=_count_tokens_fn(loaded),
-            settings=settings,
-            metrics=metrics,
+            translate=work, count_tokens=count, settings=settings, metrics=metrics
         )
         batcher.start()
-        state.translator, state.batcher = loaded, batcher
+        state.model, state.batcher = loaded, batcher
         state.status = "ready"
         metrics.ready.set(1)
         log.info("model loaded; serving")
@@ -151,7 +178,9 @@ def create_app(
         title="transformer",
         version=__version__,
         description="Translation with the Transformer of 'Attention Is All You Need': "
-        "n-best translations with scores, and every attention weight of a translation.",
+        "n-best translations with scores, and every attention weight of a translation; or, "
+        "over a classification model, the class probabilities of texts and the encoder's "
+        "attention.",
         lifespan=lifespan,
     )
     app.state.serve = state
@@ -159,11 +188,32 @@ def create_app(
     app.add_middleware(_Guard, metrics=metrics, max_body_bytes=settings.max_body_bytes)
     _add_error_handlers(app)
 
+    async def translation_model() -> None:
+        """404 for a translation endpoint when the model classifies (checked before the body)."""
+        if state.classifier is not None:
+            raise HTTPException(
+                404,
+                f"this server's model classifies texts (task {CLASSIFICATION}, classes "
+                f"{', '.join(state.classifier.labels)}); it does not translate: use POST "
+                "/v1/classify",
+            )
+
+    async def classification_model() -> None:
+        """404 for /v1/classify when the model translates (checked before the body)."""
+        if state.translator is not None:
+            task = getattr(state.translator, "task_name", "translation")
+            raise HTTPException(
+                404,
+                f"this server's model is a {task} model; it does not classify texts: use "
+                "POST /v1/translate",
+            )
+
     @app.post(
         "/v1/translate",
         response_model=TranslateResponse,
-        responses=ERROR_RESPONSES,
+        responses=ERROR_RESPONSES | WRONG_TASK_RESPONSE,
         summary="Translate texts (n-best with scores)",
+        dependencies=[Depends(translation_model)],
     )
     async def translate(request: TranslateRequest) -> TranslateResponse:
         options = _validated(request, request.texts, "texts", settings, state.translator)
@@ -173,12 +223,38 @@ def create_app(
         return TranslateResponse(translations=[_translation_out(r) for r in results])
 
     @app.post(
+        "/v1/classify",
+        response_model=ClassifyResponse,
+        responses=ERROR_RESPONSES | WRONG_TASK_RESPONSE,
+        summary="Classify texts (the top_k classes of each, with probabilities)",
+        dependencies=[Depends(classification_model)],
+    )
+    async def classify(request: ClassifyRequest) -> ClassifyResponse:
+        problems = check_texts(request.texts, settings, "texts", allow_empty=False)
+        problems += _top_k_problems(request.top_k, state.classifier)
+        if problems:
+            raise RequestError(problems)
+        batcher = state.ready_batcher()
+        predictions: list[Prediction] = await batcher.submit(request.texts, None)
+        for p in predictions:
+            metrics.classified.labels(p.label).inc()
+        return ClassifyResponse(
+            classifications=[
+                _classification_out(text, p, request.top_k)
+                for text, p in zip(request.texts, predictions)
+            ]
+        )
+
+    @app.post(
         "/v1/attention",
-        response_model=AttentionResponse,
+        response_model=AttentionResponse | ClassifierAttentionResponse,
         responses=ERROR_RESPONSES,
-        summary="Translate one sentence and return every attention weight",
+        summary="One text's attention weights: a translation model translates it and returns "
+        "every attention weight; a classifier classifies it and returns its encoder's",
     )
     async def attention(request: AttentionRequest) -> Response:
+        if state.classifier is not None:
+            return await classifier_attention(request)
         options = _validated(request, [request.text], "text", settings, state.translator)
         batcher = state.ready_batcher()
         _check_engine(state.translator, options, attention=True)
@@ -190,11 +266,26 @@ def create_app(
         body = await asyncio.to_thread(_attention_json, result)
         return Response(body, media_type="application/json")
 
+    async def classifier_attention(request: AttentionRequest) -> Response:
+        problems = check_texts([request.text], settings, "text", allow_empty=False)
+        problems += [
+            (name, "does not apply: a classification model does not decode")
+            for name in sorted(request.model_fields_set - {"text"})
+        ]
+        if problems:
+            raise RequestError(problems)
+        batcher = state.ready_batcher()
+        ((prediction, weights),) = await batcher.submit([request.text], None, attention=True)
+        body = await asyncio.to_thread(
+            _classifier_attention_json, request.text, prediction, weights
+        )
+        return Response(body, media_type="application/json")
+
     @app.get(
         "/health",
         response_model=HealthResponse,
         responses={503: {"model": HealthResponse, "description": "Not ready."}},
-        summary="Ready to translate? (503 while loading or stopping)",
+        summary="Ready? Which task? (503 while loading or stopping)",
     )
     async def health() -> JSONResponse:
         body = HealthResponse(
@@ -204,7 +295,7 @@ def create_app(
             max_chars=settings.max_chars,
             max_beam=settings.max_beam,
             batching=settings.batching,
-            **_task_defaults(state.translator),
+            **_task_fields(state.model),
         )
         return JSONResponse(body.model_dump(), status_code=200 if state.status == "ready" else 503)
 
@@ -223,8 +314,17 @@ def create_app(
 # ------------------------------------------------------------------------------ translation
 
 
-def _task_defaults(translator: Translator | None) -> dict[str, Any]:
-    """/health's task and default decoding (the request fields), once a model is loaded."""
+def _is_classifier(model: object) -> bool:
+    """Whether `model` is the Classifier facade (or one like it), not a Translator."""
+    return hasattr(model, "classify") and hasattr(model, "labels")
+
+
+def _task_fields(model: Facade | None) -> dict[str, Any]:
+    """/health's task, and a classifier's labels or a translator's default decoding (the
+    request fields), once a model is loaded."""
+    if _is_classifier(model):
+        return {"task": CLASSIFICATION, "labels": list(model.labels)}  # type: ignore[union-attr]
+    translator = model
     if translator is None or not hasattr(translator, "options"):
         return {}
     options = translator.options()
@@ -299,15 +399,20 @@ def _translation_out(result: Translation) -> TranslationOut:
     )
 
 
+def _weights(t: torch.Tensor) -> list:
+    """Attention weights as nested lists, rounded to ATTENTION_DECIMALS."""
+    scale = 10.0**ATTENTION_DECIMALS
+    return ((t.double() * scale).round() / scale).tolist()
+
+
+def _json(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
 def _attention_json(result: Translation) -> bytes:
     """The AttentionResponse of a translation with attention maps, as JSON bytes."""
     maps = result.attention_maps
     assert maps is not None
-    scale = 10.0**ATTENTION_DECIMALS
-
-    def weights(t: torch.Tensor) -> list:
-        return ((t.double() * scale).round() / scale).tolist()
-
     best = result.hypotheses[0]
     payload = {
         "source": result.source,
@@ -323,11 +428,76 @@ def _attention_json(result: Translation) -> bytes:
         "encoder_layers": maps.encoder_self.shape[0],
         "decoder_layers": maps.decoder_self.shape[0],
         "heads": maps.cross.shape[1],
-        "encoder_self": weights(maps.encoder_self),
-        "decoder_self": weights(maps.decoder_self),
-        "cross": weights(maps.cross),
+        "encoder_self": _weights(maps.encoder_self),
+        "decoder_self": _weights(maps.decoder_self),
+        "cross": _weights(maps.cross),
     }
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return _json(payload)
+
+
+# --------------------------------------------------------------------------- classification
+
+
+def _classify_fn(classifier: Classifier):
+    """The batcher's function for a classifier (its options are None): every class of each
+    text, best first (each request keeps its top_k); with `attention`, each text's encoder
+    self-attention too, as (Prediction, Attention) pairs."""
+    every = len(classifier.labels)
+
+    def classify(texts: list[str], options: None, attention: bool) -> list[Any]:
+        with torch.inference_mode():
+            predictions = classifier.classify(texts, top_k=every)
+            if not attention:
+                return predictions
+            return [(p, classifier.attention(t)) for p, t in zip(predictions, texts)]
+
+    return classify
+
+
+def _count_classified_tokens_fn(classifier: Classifier):
+    """Tokens of texts as the classifier reads them (subwords, cut as it cuts them, + EOS)."""
+
+    def count(texts: Sequence[str]) -> int:
+        return sum(len(ids) + 1 for ids in classifier.encode(list(texts))[0])
+
+    return count
+
+
+def _top_k_problems(top_k: int, classifier: Classifier | None) -> list[tuple[str, str]]:
+    """top_k above the model's number of classes (the request model already bounds it below);
+    unchecked while the model loads (the request then gets 503 anyway)."""
+    if classifier is None or top_k <= len(classifier.labels):
+        return []
+    n = len(classifier.labels)
+    return [("top_k", f"must be at most {n} (the model's classes), got {top_k}")]
+
+
+def _classes(prediction: Prediction, top_k: int | None = None) -> list[ClassOut]:
+    return [ClassOut(label=c, probability=p) for c, p in prediction.top[:top_k]]
+
+
+def _classification_out(text: str, prediction: Prediction, top_k: int) -> ClassificationOut:
+    return ClassificationOut(
+        source=text,
+        label=prediction.label,
+        probability=prediction.probability,
+        top=_classes(prediction, top_k),
+        truncated=prediction.truncated,
+    )
+
+
+def _classifier_attention_json(text: str, prediction: Prediction, attention: Attention) -> bytes:
+    """The ClassifierAttentionResponse of one text (every class), as JSON bytes."""
+    layers = torch.stack(attention.layers)  # (L, H, S, S)
+    payload = {
+        **_classification_out(text, prediction, len(prediction.top)).model_dump(),
+        "source_tokens": attention.tokens,
+        "source_display": [readable_token(t) for t in attention.tokens],
+        "encoder_layers": layers.shape[0],
+        "heads": layers.shape[1],
+        "encoder_self": _weights(layers),
+    }
+    return _json(payload)
 
 
 # ----------------------------------------------------------------------------------- errors

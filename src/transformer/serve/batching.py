@@ -12,6 +12,10 @@ Requests whose decoding options differ cannot share a `generate` call, so a gath
 split into groups of equal options (and equal `attention` flag), one `translate` call each.
 Sampling requests are never merged: a seeded sample must not depend on what else was in the batch.
 
+The batcher knows nothing of the task: a classifier's requests go through it the same way, with
+`options` None (a classification has no options: every text gets every class's probability, and
+the endpoint keeps the top_k it was asked for), so all of them share one call.
+
 Decoding is CPU-bound and holds the GIL only in Python glue, so it runs on this one thread, never
 on the event loop: /health and /metrics answer while a batch decodes. The event loop only awaits a
 future per request; the worker settles it with `loop.call_soon_threadsafe`.
@@ -27,15 +31,18 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from transformer.serve.metrics import ServerMetrics
 from transformer.serve.settings import ServeSettings
-from transformer.translator import DecodeOptions, Translation
+from transformer.translator import DecodeOptions
 
 log = logging.getLogger("transformer.serve")
 
-# translate(texts, options, attention) -> one Translation per text, in order
-TranslateFn = Callable[[list[str], DecodeOptions, bool], list[Translation]]
+# translate(texts, options, attention) -> one result per text, in order: a Translation for a
+# translation model (options: DecodeOptions), a classifier's prediction (options: None)
+Options = DecodeOptions | None
+TranslateFn = Callable[[list[str], Options, bool], list[Any]]
 # count_tokens(texts) -> source tokens (subwords + EOS) of all texts together
 CountFn = Callable[[Sequence[str]], int]
 
@@ -52,7 +59,7 @@ class _Job:
     """One request waiting for the worker; its future lives on the event loop's thread."""
 
     texts: list[str]
-    options: DecodeOptions
+    options: Options
     attention: bool
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
@@ -62,11 +69,11 @@ class _Job:
     @property
     def group(self) -> Hashable:
         """Jobs with equal groups can share one `translate` call."""
-        if self.options.method == "sample":
+        if self.options is not None and self.options.method == "sample":
             return ("sample", id(self))
         return (self.options, self.attention)
 
-    def settle(self, result: list[Translation] | None, error: BaseException | None) -> None:
+    def settle(self, result: list[Any] | None, error: BaseException | None) -> None:
         """Hand the result (or error) to the waiting request, from any thread."""
 
         def deliver() -> None:
@@ -85,8 +92,8 @@ class _Job:
 class DynamicBatcher:
     """Gathers concurrent requests into decoding batches on one worker thread.
 
-    `translate` decodes a list of texts with one set of options; `count_tokens` measures a
-    request for the token budget. Call `start()` once, `await submit(...)` per request from the
+    `translate` decodes (or classifies) a list of texts with one set of options; `count_tokens`
+    measures a request for the token budget. Call `start()` once, `await submit(...)` per request from the
     event loop, and `stop()` at shutdown.
     """
 
@@ -113,9 +120,10 @@ class DynamicBatcher:
         self._thread.start()
 
     async def submit(
-        self, texts: list[str], options: DecodeOptions, attention: bool = False
-    ) -> list[Translation]:
-        """Translations of `texts`, decoded in some batch; raises ServiceUnavailable when the
+        self, texts: list[str], options: Options, attention: bool = False
+    ) -> list[Any]:
+        """The results of `texts` (Translations, or a classifier's predictions), computed in some
+        batch; raises ServiceUnavailable when the
         batcher is stopping or `max_pending` requests are already waiting."""
         loop = asyncio.get_running_loop()
         job = _Job(list(texts), options, attention, loop, loop.create_future())

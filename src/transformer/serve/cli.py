@@ -2,6 +2,10 @@
 
     transformer serve --model runs/demo/model          # http://127.0.0.1:8000/ (docs at /docs)
 
+A model directory whose task.json names the task "classification" is served by the Classifier
+(POST /v1/classify, and its encoder's attention at /v1/attention); any other by the Translator
+(POST /v1/translate, /v1/attention).
+
 The server listens at once and loads the model in the background: /health answers 503 until it
 is ready. Concurrent requests are decoded together (dynamic batching): a batch gathers requests
 for up to --max-wait-ms after the first one arrives, within --max-batch-tokens source tokens;
@@ -30,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         metavar="DIR",
         help="model directory (config.json, model.safetensors, tokenizer.json); repeat it to "
-        "serve an ensemble",
+        "serve an ensemble (translation models)",
     )
     from transformer.decoding.cli import add_engine_argument
 
@@ -39,6 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (8000)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="classification models: fp32 (default) or bf16 autocast",
+    )
     b = parser.add_argument_group("dynamic batching")
     b.add_argument(
         "--max-batch-tokens",
@@ -86,14 +96,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--access-log", action="store_true", help="log every request")
 
 
-def load_translator(args: argparse.Namespace):
-    """The server's Translator: the one place it is built from the command line."""
+def load_model(args: argparse.Namespace):
+    """The server's facade, the one place it is built from the command line: the Classifier
+    when the model directory's task.json says classification, else the Translator. Raises
+    ConfigError for options the chosen facade cannot honour."""
     import torch
 
-    from transformer.translator import Translator
+    from transformer.modeldir import is_classification, load_task
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if is_classification(load_task(args.model[0])):
+        from transformer.classifier import Classifier
+
+        problems = []
+        if len(args.model) > 1:
+            problems.append(
+                f"--model: {args.model[0]} is a classification model; it is served alone, "
+                "not in an ensemble"
+            )
+        if args.engine != "torch":
+            problems.append("--engine: a classification model runs on the torch engine only")
+        if problems:
+            raise ConfigError("serve options", problems)
+        return Classifier.from_pretrained(
+            args.model[0], device=args.device, precision=args.precision
+        )
+    from transformer.translator import Translator
+
+    if args.precision != "fp32":
+        raise ConfigError(
+            "serve options",
+            ["--precision: only classification models take bf16; translation runs in fp32"],
+        )
     return Translator.from_pretrained(args.model, device=args.device, engine=args.engine)
 
 
@@ -130,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
         load_failed.append(error)
         server.should_exit = True
 
-    app = create_app(lambda: load_translator(args), settings, on_load_error=stop_on_load_error)
+    app = create_app(lambda: load_model(args), settings, on_load_error=stop_on_load_error)
     config = uvicorn.Config(
         app,
         host=args.host,

@@ -13,7 +13,16 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 # Paths reported under their own label; anything else is "other", so that clients probing random
 # URLs cannot grow the number of time series.
 KNOWN_PATHS = frozenset(
-    {"/", "/health", "/metrics", "/v1/translate", "/v1/attention", "/docs", "/openapi.json"}
+    {
+        "/",
+        "/health",
+        "/metrics",
+        "/v1/translate",
+        "/v1/classify",
+        "/v1/attention",
+        "/docs",
+        "/openapi.json",
+    }
 )
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -42,11 +51,19 @@ class ServerMetrics:
             registry=r,
         )
         self.sentences = Counter(
-            "transformer_sentences", "Sentences translated (inputs, not hypotheses)", registry=r
+            "transformer_sentences",
+            "Texts translated, parsed or classified (inputs, not hypotheses)",
+            registry=r,
+        )
+        self.classified = Counter(
+            "transformer_classified",
+            "Texts classified by /v1/classify, by their most probable class",
+            ["label"],
+            registry=r,
         )
         self.batch_requests = Histogram(
             "transformer_batch_requests",
-            "Requests gathered into one decoding batch by the dynamic batcher",
+            "Requests gathered into one decoding (or classification) batch by the dynamic batcher",
             buckets=COUNT_BUCKETS,
             registry=r,
         )

@@ -1,6 +1,11 @@
 """The JSON API's requests and responses (pydantic models: they make the OpenAPI schema) and the
 checks that turn a request into `DecodeOptions` or a list of problems, each naming its field.
 
+The texts of a request are declared once (`TextsRequest`, `TextRequest`) and shared by the
+translation and classification requests; a classification request adds only `top_k`. The
+attention responses share their encoder part (`EncoderAttentionOut`): a translation's adds the
+decoder and cross-attention, a classifier's its classes.
+
 The decoding fields of a request (`DecodeParams`) are derived from `DecodeOptions`
 (transformer.decoding.options): one JSON field per option that has no `api=False`, with the
 option's name, type and default, and its `doc` as description. Validation happens in three
@@ -85,24 +90,59 @@ def request_model(
 
 
 DecodeParams = request_model()
+STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
 
-class TranslateRequest(DecodeParams):
-    """Texts to translate, and how."""
+class TextsRequest(BaseModel):
+    """The texts of a request, for every task: how many and how long are the server's limits
+    (`check_texts`)."""
+
+    model_config = STRICT
 
     texts: list[str] = Field(
-        description="Texts to translate (one sentence each is best), at most the server's "
-        "max_texts (64 by default), each at most max_chars characters (1000 by default).",
-        examples=[["Ein Hund läuft über eine Wiese."]],
+        description="The texts (one sentence each is best for translation), at most the "
+        "server's max_texts (64 by default), each at most max_chars characters (1000 by "
+        "default)."
     )
 
 
-class AttentionRequest(DecodeParams):
-    """One sentence whose translation and attention weights are wanted."""
+class TextRequest(BaseModel):
+    """The one text of an attention request, for every task."""
 
-    text: str = Field(
-        description="The sentence to translate, at most the server's max_chars characters.",
-        examples=["Ein Hund läuft über eine Wiese."],
+    model_config = STRICT
+
+    text: str = Field(description="The text, at most the server's max_chars characters.")
+
+
+class TranslateRequest(DecodeParams, TextsRequest):
+    """Texts to translate, and how."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"texts": ["Ein Hund läuft über eine Wiese."]}]}
+    )
+
+
+class AttentionRequest(DecodeParams, TextRequest):
+    """One text whose attention weights are wanted: a translation model translates it (the
+    decoding fields apply), a classification model classifies it (they must not be set)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"text": "Ein Hund läuft über eine Wiese."}]}
+    )
+
+
+class ClassifyRequest(TextsRequest):
+    """Texts to classify (a classification model only)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"texts": ["Stocks rally as oil prices fall"]}]}
+    )
+
+    top_k: int = Field(
+        1,
+        ge=1,
+        description="How many classes to return per text, most probable first: from 1 to the "
+        "model's number of classes (`labels` in /health).",
     )
 
 
@@ -132,29 +172,38 @@ class TranslateResponse(BaseModel):
     translations: list[TranslationOut] = Field(description="One per input text, in input order.")
 
 
-class AttentionResponse(BaseModel):
+class EncoderAttentionOut(BaseModel):
+    """The encoder's self-attention over one text, shared by both attention responses. Tokens
+    come raw (the tokenizer's byte-level strings, `Ġ` = space) and readable (`▁` marks a leading
+    space)."""
+
+    source_tokens: list[str] = Field(
+        description="What the encoder read: the text's subwords + </s> (a classifier with "
+        '"cls" pooling puts <s> first): S positions.'
+    )
+    source_display: list[str] = Field(description="source_tokens, readable.")
+    encoder_layers: int
+    heads: int
+    encoder_self: list[list[list[list[float]]]] = Field(
+        description="Encoder self-attention (encoder_layers, heads, S queries, S keys)."
+    )
+
+
+class AttentionResponse(EncoderAttentionOut):
     """The best translation of one sentence and every attention weight of a teacher-forced pass
-    over it. Tokens come raw (the tokenizer's byte-level strings, `Ġ` = space) and readable
-    (`▁` marks a leading space)."""
+    over it."""
 
     source: str = Field(description="The input sentence.")
     translation: str = Field(description="The best translation.")
     score: float = Field(description="The best hypothesis' score.")
     truncated: bool = Field(description="The input was cut to the model's positions.")
-    source_tokens: list[str] = Field(description="Source subwords + </s>: S encoder positions.")
     decoder_tokens: list[str] = Field(description="<s> + translation subwords: T decoder inputs.")
     target_tokens: list[str] = Field(
         description="Translation subwords + </s>: what decoder position i predicts (T of them)."
     )
-    source_display: list[str] = Field(description="source_tokens, readable.")
     decoder_display: list[str] = Field(description="decoder_tokens, readable.")
     target_display: list[str] = Field(description="target_tokens, readable.")
-    encoder_layers: int
     decoder_layers: int
-    heads: int
-    encoder_self: list[list[list[list[float]]]] = Field(
-        description="Encoder self-attention (encoder_layers, heads, S queries, S keys)."
-    )
     decoder_self: list[list[list[list[float]]]] = Field(
         description="Decoder self-attention (decoder_layers, heads, T queries, T keys), causal."
     )
@@ -162,6 +211,33 @@ class AttentionResponse(BaseModel):
         description="Cross-attention (decoder_layers, heads, T queries, S keys): row i while "
         "predicting target_tokens[i]."
     )
+
+
+class ClassOut(BaseModel):
+    label: str = Field(description="A class name (one of /health's labels).")
+    probability: float = Field(description="Its probability (all classes sum to 1).")
+
+
+class ClassificationOut(BaseModel):
+    source: str = Field(description="The input text.")
+    label: str = Field(description="The most probable class.")
+    probability: float = Field(description="Its probability.")
+    top: list[ClassOut] = Field(description="The top_k most probable classes, best first.")
+    truncated: bool = Field(
+        description="The input was longer than the model can take and was classified from its "
+        "beginning (learned positions)."
+    )
+
+
+class ClassifyResponse(BaseModel):
+    classifications: list[ClassificationOut] = Field(
+        description="One per input text, in input order."
+    )
+
+
+class ClassifierAttentionResponse(ClassificationOut, EncoderAttentionOut):
+    """The classes of one text (`top`: every class, best first) and its encoder self-attention:
+    a classifier has no decoder, so no decoder or cross-attention."""
 
 
 class FieldError(BaseModel):
@@ -182,12 +258,17 @@ class HealthResponse(BaseModel):
     max_beam: int
     batching: bool
     task: str | None = Field(
-        None, description="translation, or the task the model records (parsing); none: not loaded."
+        None,
+        description="translation, or the task the model records (parsing, classification); "
+        "none: not loaded.",
+    )
+    labels: list[str] | None = Field(
+        None, description="A classification model's classes, in index order; none otherwise."
     )
     decoding: dict[str, Any] | None = Field(
         None,
         description="The decoding a request gets for the fields it does not set: the model's "
-        "own defaults (a parser's beam 21), else the paper's.",
+        "own defaults (a parser's beam 21), else the paper's; none for a classifier.",
     )
 
 
@@ -204,8 +285,12 @@ class RequestError(Exception):
         return "; ".join(f"{field}: {message}" for field, message in self.problems)
 
 
-def check_texts(texts: list[str], settings: ServeSettings, field: str) -> list[tuple[str, str]]:
-    """Problems with the texts of a request: how many, how long, valid Unicode."""
+def check_texts(
+    texts: list[str], settings: ServeSettings, field: str, allow_empty: bool = True
+) -> list[tuple[str, str]]:
+    """Problems with the texts of a request: how many, how long, valid Unicode; and, unless
+    `allow_empty`, empty (a classifier has nothing to read in one: its answer would be the
+    model's bias alone, while an empty translation keeps outputs aligned with inputs)."""
     problems = []
     if not texts:
         problems.append((field, "must hold at least one text"))
@@ -215,6 +300,8 @@ def check_texts(texts: list[str], settings: ServeSettings, field: str) -> list[t
         )
     for i, text in enumerate(texts):
         where = f"{field}.{i}" if field == "texts" else field
+        if not allow_empty and not text.strip():
+            problems.append((where, "empty (or only spaces): there is nothing to read"))
         if len(text) > settings.max_chars:
             problems.append(
                 (where, f"at most {settings.max_chars} characters per text, got {len(text)}")

@@ -1,19 +1,24 @@
-// The attention explorer: translate lines with POST /v1/translate, fetch the attention of the
-// selected line with POST /v1/attention, and draw one (layer, head) map on a canvas.
-// Plain browser JavaScript, no dependencies, no build step.
+// The attention explorer: translate lines with POST /v1/translate (a classification model:
+// classify them with POST /v1/classify and show the class probabilities as bars), fetch the
+// attention of the selected line with POST /v1/attention, and draw one (layer, head) map on a
+// canvas. Plain browser JavaScript, no dependencies, no build step.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 
 const state = {
-  lines: [],        // the texts translated last
+  lines: [],        // the texts translated (or classified) last
+  results: [],      // their translations or classifications
   selected: -1,     // index of the line whose attention is shown
   attention: null,  // the /v1/attention response of that line
   kind: "cross",    // cross | encoder_self | decoder_self
   maxTexts: 64,
-  task: null,       // "translation" or the model's task ("parsing"), from /health
+  task: null,       // "translation" or the model's task ("parsing", "classification"), from /health
   defaultBeam: 4,   // the model's default beam (a parser's: 21), sent as "not set"
+  labels: [],       // a classifier's classes, from /health
 };
+
+const classifying = () => state.task === "classification";
 
 // ------------------------------------------------------------------------------ server calls
 
@@ -42,7 +47,7 @@ async function checkHealth() {
     const response = await fetch("/health");
     const data = await response.json();
     state.maxTexts = data.max_texts || state.maxTexts;
-    if (data.decoding && data.task !== state.task) adaptToModel(data.task, data.decoding.beam);
+    if (data.task && data.task !== state.task) adaptToModel(data);
     for (const option of $("beam").options) {
       const beam = Number(option.value);
       option.disabled = beam > (data.max_beam || 16) && beam !== state.defaultBeam;
@@ -61,10 +66,18 @@ async function checkHealth() {
   setTimeout(checkHealth, 1000);
 }
 
-/** Words and default beam for the loaded model: a parser parses, with its own beam (the
- * model's default is sent as "unset", so the server applies it even above its max_beam). */
-function adaptToModel(task, defaultBeam) {
-  state.task = task;
+/** Words and controls for the loaded model (its /health): a parser parses, with its own beam
+ * (the model's default is sent as "unset", so the server applies it even above its max_beam);
+ * a classifier classifies, has no beam, and only encoder self-attention. */
+function adaptToModel(health) {
+  state.task = health.task;
+  if (health.task === "classification") {
+    adaptToClassifier(health.labels || []);
+    return;
+  }
+  if (!health.decoding) return;
+  const task = health.task;
+  const defaultBeam = health.decoding.beam;
   state.defaultBeam = defaultBeam;
   const select = $("beam");
   if (![...select.options].some((o) => Number(o.value) === defaultBeam)) {
@@ -78,6 +91,19 @@ function adaptToModel(task, defaultBeam) {
     document.querySelector(".subtitle").textContent =
       "parse (a sentence in, a tree out), then see where every layer and head looks";
   }
+}
+
+function adaptToClassifier(labels) {
+  state.labels = labels;
+  $("translate").textContent = "Classify";
+  $("output-title").textContent = "Classes";
+  $("output-hint").textContent = "Pick a line to see its class probabilities and attention.";
+  $("source").placeholder = "One text per line (e.g. Stocks rally as oil prices fall)";
+  document.querySelector(".subtitle").textContent =
+    `classify a text (${labels.join(", ")}), then see where every encoder layer and head looks`;
+  $("beam-control").hidden = true;
+  $("kinds").hidden = true;  // a classifier has no decoder: encoder self-attention only
+  selectKind("encoder_self");
 }
 
 function decoding() {
@@ -95,20 +121,27 @@ function setMessage(text, isError = false) {
 async function translate() {
   const lines = $("source").value.split(/\r?\n/).map((l) => l.trim()).filter((l) => l);
   if (!lines.length) {
-    setMessage("Type a sentence first.", true);
+    setMessage(classifying() ? "Type a text first." : "Type a sentence first.", true);
     return;
   }
   if (lines.length > state.maxTexts) {
-    setMessage(`Only the first ${state.maxTexts} lines are translated.`);
+    setMessage(`Only the first ${state.maxTexts} lines are ${classifying() ? "classified" : "translated"}.`);
     lines.length = state.maxTexts;
   }
   const button = $("translate");
   button.disabled = true;
-  setMessage(state.task === "parsing" ? "Parsing…" : "Translating…");
+  setMessage({ parsing: "Parsing…", classification: "Classifying…" }[state.task] || "Translating…");
   try {
-    const data = await postJSON("/v1/translate", { texts: lines, nbest: 1, ...decoding() });
+    if (classifying()) {
+      const data = await postJSON("/v1/classify", { texts: lines, top_k: state.labels.length });
+      state.results = data.classifications;
+      renderClassifications(data.classifications);
+    } else {
+      const data = await postJSON("/v1/translate", { texts: lines, nbest: 1, ...decoding() });
+      state.results = data.translations;
+      renderTranslations(data.translations);
+    }
     state.lines = lines;
-    renderTranslations(data.translations);
     setMessage("");
     await selectLine(0);
   } catch (e) {
@@ -144,11 +177,64 @@ function renderTranslations(translations) {
   });
 }
 
+function percent(p) {
+  return `${(100 * p).toFixed(1)}%`;
+}
+
+/** One line per text: its best class (and probability) over the text itself. */
+function renderClassifications(classifications) {
+  const list = $("translations");
+  list.replaceChildren();
+  classifications.forEach((c, i) => {
+    const item = document.createElement("li");
+    item.dataset.index = String(i);
+    const best = document.createElement("div");
+    best.className = "tgt";
+    best.textContent = c.label;
+    const score = document.createElement("span");
+    score.className = "score";
+    score.textContent = percent(c.probability) + (c.truncated ? " (text cut to the model's length)" : "");
+    best.appendChild(score);
+    const src = document.createElement("div");
+    src.className = "src";
+    src.textContent = c.source;
+    item.append(best, src);
+    item.addEventListener("click", () => selectLine(i));
+    list.appendChild(item);
+  });
+}
+
+/** The class probabilities of one text as horizontal bars: label, bar, percent; best first. */
+function renderClassBars(top) {
+  const box = $("classes");
+  box.replaceChildren();
+  top.forEach((c, i) => {
+    const row = document.createElement("div");
+    row.className = i === 0 ? "class-row best" : "class-row";
+    const label = document.createElement("span");
+    label.className = "class-label";
+    label.textContent = c.label;
+    const bar = document.createElement("div");
+    bar.className = "class-bar";
+    const fill = document.createElement("div");
+    fill.className = "class-fill";
+    fill.style.width = `${Math.max(0, Math.min(100, 100 * c.probability))}%`;
+    bar.appendChild(fill);
+    const value = document.createElement("span");
+    value.className = "class-percent";
+    value.textContent = percent(c.probability);
+    row.append(label, bar, value);
+    box.appendChild(row);
+  });
+  box.hidden = false;
+}
+
 async function selectLine(index) {
   state.selected = index;
   for (const item of $("translations").children) {
     item.classList.toggle("selected", Number(item.dataset.index) === index);
   }
+  if (classifying()) renderClassBars(state.results[index].top);
   try {
     state.attention = await postJSON("/v1/attention", { text: state.lines[index], ...decoding() });
     fillLayerAndHead();
@@ -169,6 +255,7 @@ const KINDS = {
   encoder_self: {
     rows: "source_display", cols: "source_display", layers: "encoder_layers",
     caption: "Encoder self-attention: rows and columns are source tokens.",
+    classifierCaption: "Encoder self-attention: rows and columns are the text's tokens.",
   },
   decoder_self: {
     rows: "decoder_display", cols: "decoder_display", layers: "decoder_layers",
@@ -285,9 +372,12 @@ function draw() {
     left, top, cell, rows: rowLabels.length, cols: colLabels.length, matrix, rowLabels, colLabels,
   });
   const head = $("head").value === "avg" ? "average over heads" : `head ${Number($("head").value) + 1}`;
+  const result = classifying()
+    ? `Class: ${a.label} (${percent(a.probability)})`
+    : `${state.task === "parsing" ? "Tree" : "Translation"}: ${a.translation}`;
   $("attention-caption").textContent =
-    `${kind.caption} Layer ${Number($("layer").value) + 1}, ${head}. `
-    + `${state.task === "parsing" ? "Tree" : "Translation"}: ${a.translation}`;
+    `${(classifying() && kind.classifierCaption) || kind.caption} `
+    + `Layer ${Number($("layer").value) + 1}, ${head}. ${result}`;
   drawLegend(scaleMax);
 }
 
@@ -323,21 +413,23 @@ function showTooltip(event) {
 
 // ------------------------------------------------------------------------------------ wiring
 
+function selectKind(kind) {
+  state.kind = kind;
+  for (const b of document.querySelectorAll(".seg")) {
+    b.classList.toggle("active", b.dataset.kind === kind);
+    b.setAttribute("aria-checked", String(b.dataset.kind === kind));
+  }
+  fillLayerAndHead();
+  draw();
+}
+
 function init() {
   $("translate").addEventListener("click", translate);
   $("source").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) translate();
   });
   for (const button of document.querySelectorAll(".seg")) {
-    button.addEventListener("click", () => {
-      state.kind = button.dataset.kind;
-      for (const b of document.querySelectorAll(".seg")) {
-        b.classList.toggle("active", b === button);
-        b.setAttribute("aria-checked", String(b === button));
-      }
-      fillLayerAndHead();
-      draw();
-    });
+    button.addEventListener("click", () => selectKind(button.dataset.kind));
   }
   for (const id of ["layer", "head", "scale-max"]) $(id).addEventListener("change", draw);
   $("heatmap").addEventListener("mousemove", showTooltip);
