@@ -202,6 +202,35 @@ def load_any_model_dir(
     return model.to(device).eval(), tokenizer
 
 
+def copy_matching_weights(
+    model: nn.Module, directory: Path | str, tokenizer: SubwordTokenizer
+) -> tuple[list[str], list[str]]:
+    """Copy into `model` every weight of the model directory `directory` whose name and shape
+    match (a shared embedding under each of its names), e.g. a classifier's `encoder.*` from a
+    translation model. The directory's tokenizer must be `tokenizer` (the same ids). Returns
+    (names copied, names of `model` left as they were); ModelDirError if nothing matches."""
+    source, source_tokenizer = load_any_model_dir(directory)
+    if source_tokenizer.sha256 != tokenizer.sha256:
+        raise ModelDirError(
+            f"{directory}: its tokenizer is not the training data's, so its token ids mean "
+            "other subwords; prepare the data with `--tokenizer "
+            f"{Path(directory) / TOKENIZER_FILE}`"
+        )
+    theirs = source.state_dict()
+    copied, kept = [], []
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            other = theirs.get(name)
+            if other is not None and other.shape == tensor.shape:
+                tensor.copy_(other)
+                copied.append(name)
+            else:
+                kept.append(name)
+    if not copied:
+        raise ModelDirError(f"{directory}: no weight has the name and shape of one of this model")
+    return copied, kept
+
+
 def _what_is_a_model_dir(directory: Path | str) -> str:
     return (
         f"a model directory holds {', '.join(MODEL_FILES)} (write one with "

@@ -163,3 +163,39 @@ def test_plot_a_classification_run(trained_classifier: Path, tmp_path: Path) -> 
     assert sorted(Path(p).name for p in out) == [
         "accuracy.png", "curves.png", "learning_rate.png", "loss.png", "perplexity.png",
     ]  # fmt: skip
+
+
+def test_init_from_copies_the_encoder_of_a_translation_model(labelled_data: Path, tmp_path):
+    """train.init_from: the classifier's encoder starts as a translation model's encoder (the
+    idea of CoVe); its head starts fresh."""
+    from transformer import ModelConfig, Transformer
+    from transformer.data.dataset import load_tokenizer
+    from transformer.modeldir import save_model_dir
+
+    tokenizer = load_tokenizer(labelled_data)
+    sizes = {"d_model": 32, "n_heads": 2, "d_ff": 64, "n_encoder_layers": 2}
+    source = Transformer(ModelConfig(vocab_size=tokenizer.vocab_size, **sizes))
+    save_model_dir(tmp_path / "translator", source, tokenizer)
+    config = parse_config(
+        classifier_config(labelled_data, train={"init_from": str(tmp_path / "translator")}), "t"
+    )
+    trainer = Trainer(config, tmp_path / "run")
+    copied, kept = trainer.initialised_from
+    assert kept == ["head.weight", "head.bias"]
+    theirs = source.state_dict()
+    for name, tensor in trainer.model.state_dict().items():
+        if name.startswith("encoder."):
+            assert name in copied and torch.equal(tensor, theirs[name]), name
+    fresh = Trainer(parse_config(classifier_config(labelled_data), "t"), tmp_path / "other")
+    assert not torch.equal(
+        fresh.model.encoder.layers[0].feed_forward.linear1.weight,
+        trainer.model.encoder.layers[0].feed_forward.linear1.weight,
+    )
+
+
+def test_init_from_refuses_another_tokenizer(labelled_data, copy_model_dir: Path, tmp_path):
+    config = parse_config(
+        classifier_config(labelled_data, train={"init_from": str(copy_model_dir)}), "t"
+    )
+    with pytest.raises(ModelDirError, match="its tokenizer is not the training data's"):
+        Trainer(config, tmp_path / "run")

@@ -38,12 +38,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
-    from transformer.training.trainer import Trainer, TrainingError  # torch loads only now
+    from transformer.modeldir import ModelDirError  # torch loads only now
+    from transformer.training.trainer import Trainer, TrainingError
 
     try:
         # Every process checks; only the first of torchrun's processes writes.
         prepare_run_dir(config, run_dir, write=int(os.environ.get("RANK", "0")) == 0)
         return Trainer(config, run_dir).train()
-    except (ConfigError, DataError, TrainingError) as e:
+    except (ConfigError, DataError, TrainingError, ModelDirError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -94,6 +94,10 @@ class TrainConfig:
     precision: Precision = "fp32"
     # torch.compile the model (the checkpoint always holds the plain, unwrapped module).
     compile: bool = False
+    # Start from the weights of this model directory wherever names and shapes match (e.g. a
+    # classifier's encoder from a translation or masked-LM model trained with the same
+    # tokenizer); the rest (a classifier's head) starts fresh. Used only when the run starts.
+    init_from: str = ""
     # Validate every N updates (and at the end); 0 = only at the end.
     valid_every: int = setting(1000, ge=0)
     # Compute validation BLEU besides loss and perplexity ...

@@ -19,8 +19,9 @@ import torch
 @dataclass
 class Progress:
     """The counters of a run. `batches_done` counts this process's batches of the current epoch
-    (the batch sampler resumes after them); `train_seconds` sums the training time of every
-    resumed piece (validation and checkpoint writing excluded); `best` is the best validation
+    (the batch sampler resumes after them); `train_seconds` sums the wall-clock time of the
+    training loop over every resumed piece (validation and checkpoint writing included, so that
+    `train.max_minutes` bounds the run as a clock does; loading and the final save are not); `best` is the best validation
     score so far, `bad_validations` how many validations in a row did not improve it."""
 
     step: int = 0

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from transformer.data.batching import TokenBatchSampler
 from transformer.data.dataset import load_split, load_tokenizer, read_manifest
 from transformer.data.errors import DataError
-from transformer.modeldir import save_model_dir
+from transformer.modeldir import copy_matching_weights, save_model_dir
 from transformer.training.checkpoint import (
     latest_checkpoint,
     remove_unfinished_checkpoints,
@@ -91,6 +91,11 @@ class Trainer:
         self.model_config = config.model_config(self.tokenizer.vocab_size)
         torch.manual_seed(config.train.seed)  # every rank builds the same initial weights
         self.model = self.objective.build(self.model_config).to(self.device)
+        self.initialised_from: tuple[list[str], list[str]] | None = None
+        if config.train.init_from:
+            self.initialised_from = copy_matching_weights(
+                self.model, config.train.init_from, self.tokenizer
+            )
         self.sampler = TokenBatchSampler(
             *self.objective.lengths(self.train_data),
             config.data.max_tokens,
@@ -181,6 +186,12 @@ class Trainer:
         resumed = self.resume()
         if resumed is not None:
             self.log(f"resuming from {resumed} (update {self.step}, epoch {self.epoch + 1})")
+        elif self.initialised_from is not None:
+            copied, kept = self.initialised_from
+            self.log(
+                f"initialised {len(copied)} weight tensors from {t.init_from}; "
+                f"{len(kept)} start fresh" + (f" ({', '.join(kept)})" if len(kept) <= 4 else "")
+            )
         # Right after a resume every process has the checkpoint's counters: they agree.
         already = self._limit_reached(out_of_time=self._out_of_time())
         if already is not None:
