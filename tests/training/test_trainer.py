@@ -205,3 +205,21 @@ def test_validation_bleu_decodes_as_the_translator_does(small_data: Path, tmp_pa
         assert ours == translator.translate(sources, **how)
         assert ours[-2:] == ["", ""]
         assert len(set(ours)) > 3  # real, differing translations
+
+
+def test_a_run_that_ends_with_its_epoch_has_a_checkpoint_that_says_so(
+    small_data: Path, tmp_path: Path
+) -> None:
+    """The last update of the epoch is checkpointed (save_every 1) before the epoch ends: the run
+    saves once more, so that its newest checkpoint records the epoch limit as reached."""
+    config = run_config(small_data, train={"max_updates": 10_000, "max_epochs": 1, "save_every": 1})
+    messages: list[str] = []
+    trainer = Trainer(config, tmp_path, log=messages.append)
+    trainer.train()
+    state = latest_checkpoint(tmp_path)[1]
+    assert state["step"] == trainer.step == len(trainer.sampler)
+    assert state["epoch"] == 1 and state["batches_done"] == 0
+    assert "reached train.max_epochs = 1" in messages[-1] and "(1 epoch(s) done" in messages[-1]
+    again: list[str] = []
+    Trainer(config, tmp_path, log=again.append).train()
+    assert any("nothing to do" in m for m in again)

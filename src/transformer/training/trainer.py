@@ -134,6 +134,7 @@ class Trainer:
         self.progress = Progress()  # restored by `resume()`
         self.best_metric_name = config.train.best_metric
         self.last_save_step = -1
+        self._saved_epoch = -1  # the epoch count of the last checkpoint written or loaded
         self.nonfinite_in_a_row = 0
         self.stop_reason: str | None = None
         self.stopped_by: str | None = None  # the signal all processes agreed to stop on
@@ -278,13 +279,17 @@ class Trainer:
         """Validate and save the last update (unless done already), say why training ended."""
         if self.step != self.progress.last_valid_step and not self.interrupted:
             self.run_validation()
-        if self.step != self.last_save_step:
+        # Saved again when only the epoch count moved since the last save (an epoch ended
+        # right after a checkpoint): the checkpoint then says the run reached its epoch limit.
+        if self.step != self.last_save_step or self._saved_epoch != self.epoch:
             path = self.save()
             if path is not None:
                 self.log(f"saved {path}")
         best = self.progress.best
+        at_boundary = self.progress.batches_done == 0 and self.epoch > 0
+        epoch = f"{self.epoch} epoch(s) done" if at_boundary else f"epoch {self.epoch + 1}"
         self.log(
-            f"{self.stop_reason} at update {self.step} (epoch {self.epoch + 1}, "
+            f"{self.stop_reason} at update {self.step} ({epoch}, "
             f"{self.train_seconds / 60:.1f} min of training)"
             + (f"; best valid {self.best_metric_name}: {best:.4g}" if best is not None else "")
             + ("; re-run the same command to resume" if self.interrupted else "")
@@ -556,6 +561,7 @@ class Trainer:
                 task=self.task,
             )
         self.last_save_step = self.step
+        self._saved_epoch = self.epoch
         self._last_save_time = time.monotonic()
         return path
 
@@ -573,6 +579,7 @@ class Trainer:
         self.progress.load_state_dict(state)
         self.sampler.load_state_dict(state["sampler"])
         self.last_save_step = self.step
+        self._saved_epoch = self.epoch
         if state["world_size"] == self.dist.world_size:
             set_rng_state(state["rng"][self.dist.rank], self.device)
         else:
