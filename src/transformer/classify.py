@@ -11,7 +11,6 @@ take is classified from its beginning, with a warning naming the line.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import BinaryIO, TextIO
@@ -71,7 +70,7 @@ def load_classifier(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from transformer.data.errors import DataError
     from transformer.data.textfiles import open_binary
-    from transformer.decoding.cli import line_batches, progress_bar
+    from transformer.decoding.cli import run_filter
     from transformer.modeldir import ModelDirError
 
     try:
@@ -85,26 +84,13 @@ def run(args: argparse.Namespace) -> int:
     except (ModelDirError, DataError) as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 2
-    out: TextIO = (
-        sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")  # noqa: SIM115
+    return run_filter(
+        source,
+        args.output,
+        args.buffer,
+        lambda lines, out: _classify_lines(classifier, lines, args.top_k, out),
+        PROG,
     )
-    progress = progress_bar()
-    try:
-        for lines in line_batches(source, max(1, args.buffer), PROG):
-            _classify_lines(classifier, lines, args.top_k, out)
-            if progress is not None:
-                progress.update(len(lines))
-    except BrokenPipeError:  # the reader went away (e.g. `| head`): stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        if progress is not None:
-            progress.close()
-        if out is not sys.stdout:
-            out.close()
-    return 0
 
 
 def _classify_lines(classifier, lines: list[tuple[int, str]], top_k: int, out: TextIO) -> None:

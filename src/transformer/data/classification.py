@@ -48,9 +48,15 @@ from typing import Any, NamedTuple, TextIO
 import numpy as np
 from tqdm import tqdm
 
-from transformer.data.dataset import FORMAT_VERSION, MANIFEST, TOKENIZER, SideWriter, token_dtype
+from transformer.data.dataset import FORMAT_VERSION, MANIFEST, TOKENIZER, token_dtype
 from transformer.data.errors import DataError
-from transformer.data.prepare import check_out, missing_ancestors, removed_on_failure, write_json
+from transformer.data.prepare import (
+    check_out,
+    missing_ancestors,
+    open_split_writers,
+    removed_on_failure,
+    write_json,
+)
 from transformer.data.textfiles import file_sha256, open_binary, read_lines
 from transformer.data.tokenizer import MIN_VOCAB_SIZE, SubwordTokenizer
 from transformer.io import atomic_directory
@@ -876,26 +882,8 @@ def _binarize(
     truncated = 0
     rows = spool.read()
     with contextlib.ExitStack() as stack:
-        src = stack.enter_context(SideWriter(out_dir, name, "src", dtype))
-        tgt = stack.enter_context(SideWriter(out_dir, name, "tgt", dtype))
-        text_files: list[TextIO] = []
-        if not is_train:
-            text_files = [
-                stack.enter_context(
-                    open(out_dir / f"{name}.{side}.txt", "w", encoding="utf-8", newline="\n")
-                )
-                for side in ("src", "tgt")
-            ]
-        bar = stack.enter_context(
-            tqdm(
-                total=spool.rows,
-                desc=f"encoding {name}",
-                unit=" rows",
-                unit_scale=True,
-                disable=not progress,
-                file=sys.stderr,
-                mininterval=0.5,
-            )
+        (src, tgt), text_files, bar = open_split_writers(
+            stack, out_dir, name, dtype, is_train, spool.rows, f"encoding {name}", " rows", progress
         )
         while chunk := list(itertools.islice(rows, chunk_size)):
             ids = tok.encode_batch([text for text, _ in chunk])

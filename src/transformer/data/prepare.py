@@ -317,28 +317,8 @@ def _binarize(
     kept = 0
     pairs = zip(read_lines(split.src), read_lines(split.tgt))
     with contextlib.ExitStack() as stack:
-        writers = [
-            stack.enter_context(SideWriter(out_dir, split.name, side, dtype))
-            for side in ("src", "tgt")
-        ]
-        texts: list[TextIO] = []
-        if not is_train:
-            texts = [
-                stack.enter_context(
-                    open(out_dir / f"{split.name}.{side}.txt", "w", encoding="utf-8", newline="\n")
-                )
-                for side in ("src", "tgt")
-            ]
-        bar = stack.enter_context(
-            tqdm(
-                total=split.lines,
-                desc=split.name,
-                unit=" lines",
-                unit_scale=True,
-                disable=not progress,
-                file=sys.stderr,
-                mininterval=0.5,
-            )
+        writers, texts, bar = open_split_writers(
+            stack, out_dir, split.name, dtype, is_train, split.lines, split.name, " lines", progress
         )
         while chunk := list(itertools.islice(pairs, chunk_size)):
             src_lines = [s for s, _ in chunk]
@@ -373,6 +353,45 @@ def _binarize(
         "lengths": {"src": writers[0].lengths.stats(), "tgt": writers[1].lengths.stats()},
         "text": None if is_train else {side: f"{split.name}.{side}.txt" for side in ("src", "tgt")},
     }
+
+
+def open_split_writers(
+    stack: contextlib.ExitStack,
+    out_dir: Path,
+    name: str,
+    dtype: np.dtype,
+    is_train: bool,
+    total: int,
+    desc: str,
+    unit: str,
+    progress: bool,
+) -> tuple[list[SideWriter], list[TextIO], tqdm]:
+    """What writing split `name` needs, closed with `stack`: the token writers of both sides,
+    the raw text files of both sides (none for train: evaluation reads the raw text of the other
+    splits only), and a progress bar of `total` `unit`s."""
+    writers = [
+        stack.enter_context(SideWriter(out_dir, name, side, dtype)) for side in ("src", "tgt")
+    ]
+    texts: list[TextIO] = []
+    if not is_train:
+        texts = [
+            stack.enter_context(
+                open(out_dir / f"{name}.{side}.txt", "w", encoding="utf-8", newline="\n")  # noqa: SIM115
+            )
+            for side in ("src", "tgt")
+        ]
+    bar = stack.enter_context(
+        tqdm(
+            total=total,
+            desc=desc,
+            unit=unit,
+            unit_scale=True,
+            disable=not progress,
+            file=sys.stderr,
+            mininterval=0.5,
+        )
+    )
+    return writers, texts, bar
 
 
 def _filter_reason(n_src: int, n_tgt: int, max_len: int, max_ratio: float) -> str | None:

@@ -17,7 +17,7 @@ import os
 import queue
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
@@ -122,13 +122,32 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, ModelDirError, DataError) as e:
         print(f"transformer translate: {e}", file=sys.stderr)
         return 2
+    return run_filter(
+        source,
+        args.output,
+        args.buffer,
+        lambda lines, out: _translate_lines(translator, lines, options, nbest, out),
+    )
+
+
+def run_filter(
+    source: BinaryIO,
+    output: str,
+    buffer: int,
+    process: Callable[[list[tuple[int, str]], TextIO], None],
+    prog: str = "transformer translate",
+) -> int:
+    """A Unix filter's main loop: read `source` as lines arrive, hand each batch of (line number,
+    text) to `process(lines, out)` (which writes and flushes its output lines), with a progress bar
+    on a terminal; `output` "-" is stdout. Returns the exit status (0, or 130 on Ctrl-C); a
+    reader that goes away (`| head`) ends it quietly."""
     out: TextIO = (
-        sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")  # noqa: SIM115
+        sys.stdout if output == "-" else open(output, "w", encoding="utf-8")  # noqa: SIM115
     )
     progress = progress_bar()
     try:
-        for lines in line_batches(source, max(1, args.buffer)):
-            _translate_lines(translator, lines, options, nbest, out)
+        for lines in line_batches(source, max(1, buffer), prog):
+            process(lines, out)
             if progress is not None:
                 progress.update(len(lines))
     except BrokenPipeError:  # the reader went away (e.g. `| head`): stop quietly
