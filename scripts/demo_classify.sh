@@ -61,7 +61,8 @@ rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() 
 valid = [r for r in rows if r["kind"] == "valid"]
 test = json.loads((run / "test.json").read_text())
 last = max(rows, key=lambda r: r["step"]) if rows else {}
-print(f"trained      {last.get('step', 0)} updates, {last.get('epoch', 0)} epoch(s), "
+epochs = max((r["epoch"] for r in rows if r["kind"] == "train"), default=0)
+print(f"trained      {last.get('step', 0)} updates, {epochs} epoch(s), "
       f"{last.get('train_minutes', 0):.1f} min")
 if valid:
     best = max(valid, key=lambda r: r["accuracy"])

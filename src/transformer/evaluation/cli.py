@@ -275,7 +275,7 @@ def _run_classification(args: argparse.Namespace) -> int:
         from transformer.io import atomic_write_text
 
         atomic_write_text(args.output, "".join(classifier.labels[i] + "\n" for i in predicted))
-    plot = plot_confusion(scores, args.confusion, title=f"{Path(args.model[0]).name}: {args.ref}")
+    plot = plot_confusion(scores, args.confusion, title=f"{args.model[0]} on {args.ref}")
     report = {
         "task": "classification",
         **scores.to_dict(),
