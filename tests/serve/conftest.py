@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlparse
 
 import httpx
 import pytest
@@ -149,6 +150,40 @@ def classifier_dir(
     out = tmp_path_factory.mktemp("classifier") / "model"
     task = {"name": "classification", "labels": CLASSIFIER_LABELS}
     return save_model_dir(out, model, copy_tokenizer, task)
+
+
+def post(client: httpx.Client, path: str, body: dict | bytes) -> httpx.Response:
+    """POST `body` to the server: a dict as JSON, bytes as they are (malformed JSON)."""
+    if isinstance(body, bytes):
+        return client.post(path, content=body, headers={"Content-Type": "application/json"})
+    return client.post(path, json=body)
+
+
+@contextlib.contextmanager
+def ready_page(chromium: Path, sync_api, url: str) -> Iterator:
+    """The server's web page at `url` in headless chromium, once it says "ready"; on leaving, the
+    browser is closed and the page must have fetched nothing from outside the server and logged no
+    error."""
+    host = urlparse(url).netloc
+    outside: list[str] = []
+    problems: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            page.on(
+                "request",
+                lambda r: None if urlparse(r.url).netloc == host else outside.append(r.url),
+            )
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.goto(url + "/")
+            sync_api.expect(page.locator("#status")).to_have_text("ready", timeout=30_000)
+            yield page
+        finally:
+            browser.close()
+    assert not outside, f"the page fetched from outside the server: {outside}"
+    assert not problems, problems
 
 
 def docs_screenshot(page, name: str) -> Path | None:

@@ -11,7 +11,6 @@ import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlparse
 
 import httpx
 import pytest
@@ -23,6 +22,8 @@ from tests.serve.conftest import (
     CLASSIFIER_LABELS,
     ServerProcess,
     docs_screenshot,
+    post,
+    ready_page,
     running_server,
 )
 from tests.serve.test_server import metric_samples, multi_request_batches
@@ -241,12 +242,6 @@ BAD_CLASSIFY = [
 ]
 
 
-def post(client: httpx.Client, path: str, body: dict | bytes) -> httpx.Response:
-    if isinstance(body, bytes):
-        return client.post(path, content=body, headers={"Content-Type": "application/json"})
-    return client.post(path, json=body)
-
-
 @pytest.mark.parametrize(
     ("body", "status", "field"),
     [case[1:] for case in BAD_CLASSIFY],
@@ -400,60 +395,39 @@ def test_the_web_page_classifies_and_shows_bars_and_attention(
     sync_api = require("playwright.sync_api")
     text = TEXTS[0]
     (expected,) = classifier.classify([text], top_k=len(CLASSIFIER_LABELS))
-    host = urlparse(classifier_server.url).netloc
-    outside: list[str] = []
-    problems: list[str] = []
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(chromium), headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 900})
-            page.on(
-                "request",
-                lambda r: None if urlparse(r.url).netloc == host else outside.append(r.url),
-            )
-            page.on("pageerror", lambda e: problems.append(str(e)))
-            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.goto(classifier_server.url + "/")
-            sync_api.expect(page.locator("#status")).to_have_text("ready", timeout=30_000)
-            sync_api.expect(page.locator("#translate")).to_have_text("Classify")
-            assert not page.locator("#beam").is_visible()  # no decoding for a classifier
-            assert not page.locator("button[data-kind=cross]").is_visible()
-            assert not page.locator("button[data-kind=decoder_self]").is_visible()
+    with ready_page(chromium, sync_api, classifier_server.url) as page:
+        sync_api.expect(page.locator("#translate")).to_have_text("Classify")
+        assert not page.locator("#beam").is_visible()  # no decoding for a classifier
+        assert not page.locator("button[data-kind=cross]").is_visible()
+        assert not page.locator("button[data-kind=decoder_self]").is_visible()
 
-            page.fill("#source", text)
-            page.click("#translate")
-            rows = page.locator("#classes .class-row")
-            sync_api.expect(rows).to_have_count(3, timeout=30_000)
-            labels = page.locator("#classes .class-label").all_inner_texts()
-            assert labels == [label for label, _ in expected.top]  # best first
-            percents = [
-                float(t.rstrip("%"))
-                for t in page.locator("#classes .class-percent").all_inner_texts()
-            ]
-            assert sum(percents) == pytest.approx(100.0, abs=0.2)
-            assert percents == pytest.approx([100 * p for _, p in expected.top], abs=0.051)
-            widths = [
-                bar.evaluate("(e) => e.getBoundingClientRect().width")
-                for bar in page.locator("#classes .class-fill").all()
-            ]
-            assert widths == sorted(widths, reverse=True) and widths[0] > widths[-1] > 0
-            sync_api.expect(page.locator("#translations li .tgt").first).to_contain_text(
-                expected.label
-            )
+        page.fill("#source", text)
+        page.click("#translate")
+        rows = page.locator("#classes .class-row")
+        sync_api.expect(rows).to_have_count(3, timeout=30_000)
+        labels = page.locator("#classes .class-label").all_inner_texts()
+        assert labels == [label for label, _ in expected.top]  # best first
+        percents = [
+            float(t.rstrip("%")) for t in page.locator("#classes .class-percent").all_inner_texts()
+        ]
+        assert sum(percents) == pytest.approx(100.0, abs=0.2)
+        assert percents == pytest.approx([100 * p for _, p in expected.top], abs=0.051)
+        widths = [
+            bar.evaluate("(e) => e.getBoundingClientRect().width")
+            for bar in page.locator("#classes .class-fill").all()
+        ]
+        assert widths == sorted(widths, reverse=True) and widths[0] > widths[-1] > 0
+        sync_api.expect(page.locator("#translations li .tgt").first).to_contain_text(expected.label)
 
-            caption = page.locator("#attention-caption")
-            sync_api.expect(caption).to_contain_text("Encoder self-attention", timeout=30_000)
-            sync_api.expect(caption).to_contain_text(f"Class: {expected.label}")
-            canvas = page.locator("#heatmap")
-            box = canvas.bounding_box()
-            assert box is not None and box["width"] > 50 and box["height"] > 50
-            assert canvas.evaluate(COUNT_COLOURS) > 10  # cells in several shades, and labels
-            assert page.locator("#layer option").count() == 2
-            assert page.locator("#head option").count() == 5  # average + 4 heads
-            page.screenshot(path=str(tmp_path / "classify_page.png"), full_page=True)
-            docs_screenshot(page, "classify_page.png")
-        finally:
-            browser.close()
-    assert not outside, f"the page fetched from outside the server: {outside}"
-    assert not problems, problems
+        caption = page.locator("#attention-caption")
+        sync_api.expect(caption).to_contain_text("Encoder self-attention", timeout=30_000)
+        sync_api.expect(caption).to_contain_text(f"Class: {expected.label}")
+        canvas = page.locator("#heatmap")
+        box = canvas.bounding_box()
+        assert box is not None and box["width"] > 50 and box["height"] > 50
+        assert canvas.evaluate(COUNT_COLOURS) > 10  # cells in several shades, and labels
+        assert page.locator("#layer option").count() == 2
+        assert page.locator("#head option").count() == 5  # average + 4 heads
+        page.screenshot(path=str(tmp_path / "classify_page.png"), full_page=True)
+        docs_screenshot(page, "classify_page.png")
     assert (tmp_path / "classify_page.png").stat().st_size > 10_000

@@ -16,7 +16,7 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.copy_model import MULTI30K
-from tests.serve.conftest import ServerProcess
+from tests.serve.conftest import ServerProcess, post
 from transformer import Translator
 from transformer.decoding.options import api_fields
 from transformer.decoding.search import LENGTH_PENALTIES
@@ -276,12 +276,6 @@ BAD_TRANSLATE = [
 ]
 
 
-def _post(client: httpx.Client, path: str, body: dict | bytes) -> httpx.Response:
-    if isinstance(body, bytes):
-        return client.post(path, content=body, headers={"Content-Type": "application/json"})
-    return client.post(path, json=body)
-
-
 @pytest.mark.parametrize(
     ("body", "status", "field"),
     [case[1:] for case in BAD_TRANSLATE],
@@ -290,7 +284,7 @@ def _post(client: httpx.Client, path: str, body: dict | bytes) -> httpx.Response
 def test_bad_translate_request_names_the_field(
     client: httpx.Client, body: dict | bytes, status: int, field: str
 ) -> None:
-    response = _post(client, "/v1/translate", body)
+    response = post(client, "/v1/translate", body)
     assert response.status_code == status, response.text
     error = response.json()
     assert field in [e["field"] for e in error["errors"]], error
@@ -320,7 +314,7 @@ def test_bad_attention_request_names_the_field(
 
 def test_oversized_body_is_refused(client: httpx.Client) -> None:
     body = json.dumps({"texts": ["a" * 1000] * 1000}).encode()
-    response = _post(client, "/v1/translate", body)
+    response = post(client, "/v1/translate", body)
     assert response.status_code == 413
     assert "larger than" in response.json()["detail"]
 

@@ -5,10 +5,9 @@ outside the server."""
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import urlparse
 
 from tests.optional import require, require_executable
-from tests.serve.conftest import ServerProcess
+from tests.serve.conftest import ServerProcess, ready_page
 from transformer import Translator
 
 # Skipped without them, failed in strict mode (CI): `make test` installs both.
@@ -32,49 +31,29 @@ def test_translate_and_see_the_attention(
 ) -> None:
     text = "Zwei Männer spielen Fußball."
     expected = Translator.from_pretrained(copy_model_dir).translate([text])[0]
-    host = urlparse(server.url).netloc
-    outside: list[str] = []
-    problems: list[str] = []
 
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 900})
-            page.on(
-                "request",
-                lambda r: None if urlparse(r.url).netloc == host else outside.append(r.url),
-            )
-            page.on("pageerror", lambda e: problems.append(str(e)))
-            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.goto(server.url + "/")
-            sync_api.expect(page.locator("#status")).to_have_text("ready", timeout=30_000)
+    with ready_page(CHROMIUM, sync_api, server.url) as page:
+        page.fill("#source", text)
+        page.select_option("#beam", "4")
+        page.click("#translate")
+        translation = page.locator("#translations li .tgt").first
+        sync_api.expect(translation).to_contain_text(expected, timeout=30_000)
+        assert translation.inner_text().startswith(expected)
+        sync_api.expect(page.locator("#attention-caption")).to_contain_text(
+            "Cross-attention", timeout=30_000
+        )
 
-            page.fill("#source", text)
-            page.select_option("#beam", "4")
-            page.click("#translate")
-            translation = page.locator("#translations li .tgt").first
-            sync_api.expect(translation).to_contain_text(expected, timeout=30_000)
-            assert translation.inner_text().startswith(expected)
-            sync_api.expect(page.locator("#attention-caption")).to_contain_text(
-                "Cross-attention", timeout=30_000
-            )
+        canvas = page.locator("#heatmap")
+        box = canvas.bounding_box()
+        assert box is not None and box["width"] > 100 and box["height"] > 50
+        assert canvas.evaluate(COUNT_COLOURS) > 10  # cells in several shades, and labels
+        cross = canvas.evaluate(CANVAS_PIXELS)
+        page.screenshot(path=str(tmp_path / "web_page.png"), full_page=True)
 
-            canvas = page.locator("#heatmap")
-            box = canvas.bounding_box()
-            assert box is not None and box["width"] > 100 and box["height"] > 50
-            assert canvas.evaluate(COUNT_COLOURS) > 10  # cells in several shades, and labels
-            cross = canvas.evaluate(CANVAS_PIXELS)
-            page.screenshot(path=str(tmp_path / "web_page.png"), full_page=True)
-
-            # encoder self-attention, one head: a different picture
-            page.click("button[data-kind=encoder_self]")
-            page.select_option("#head", "0")
-            sync_api.expect(page.locator("#attention-caption")).to_contain_text("Encoder self")
-            assert canvas.evaluate(CANVAS_PIXELS) != cross
-            page.screenshot(path=str(tmp_path / "web_page_encoder.png"), full_page=True)
-        finally:
-            browser.close()
-
-    assert not outside, f"the page fetched from outside the server: {outside}"
-    assert not problems, problems
+        # encoder self-attention, one head: a different picture
+        page.click("button[data-kind=encoder_self]")
+        page.select_option("#head", "0")
+        sync_api.expect(page.locator("#attention-caption")).to_contain_text("Encoder self")
+        assert canvas.evaluate(CANVAS_PIXELS) != cross
+        page.screenshot(path=str(tmp_path / "web_page_encoder.png"), full_page=True)
     assert (tmp_path / "web_page.png").stat().st_size > 10_000

@@ -55,6 +55,7 @@ from transformer.data.prepare import (
     missing_ancestors,
     open_split_writers,
     removed_on_failure,
+    tokenizer_record,
     write_json,
 )
 from transformer.data.textfiles import file_sha256, open_binary, read_lines
@@ -723,13 +724,7 @@ def prepare_classification(
             "format_version": FORMAT_VERSION,
             "vocab_size": tok.vocab_size,
             "dtype": dtype.name,
-            "tokenizer": {
-                "file": TOKENIZER,
-                "sha256": tok.sha256,
-                "trained": tokenizer is None,
-                "from_file": None if tokenizer is None else str(tokenizer),
-                "min_frequency": min_frequency if tokenizer is None else None,
-            },
+            "tokenizer": tokenizer_record(tok, tokenizer, min_frequency),
             "truncation": {"max_len": max_len},
             "classes": None
             if classes is None

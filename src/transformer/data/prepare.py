@@ -159,13 +159,7 @@ def prepare(
             "tgt_lang": tgt_lang,
             "vocab_size": tok.vocab_size,
             "dtype": dtype.name,
-            "tokenizer": {
-                "file": TOKENIZER,
-                "sha256": tok.sha256,
-                "trained": tokenizer is None,
-                "from_file": None if tokenizer is None else str(tokenizer),
-                "min_frequency": min_frequency if tokenizer is None else None,
-            },
+            "tokenizer": tokenizer_record(tok, tokenizer, min_frequency),
             "filter": {
                 "splits": ["train"],
                 "max_len": max_len,
@@ -413,6 +407,20 @@ def _copy_text(source: Path, target: Path) -> None:
     with open(target, "w", encoding="utf-8", newline="\n") as f:
         for line in read_lines(source):
             f.write(line + "\n")
+
+
+def tokenizer_record(
+    tok: SubwordTokenizer, tokenizer: Path | None, min_frequency: int
+) -> dict[str, Any]:
+    """The manifest's "tokenizer" entry: the file, its digest, and whether it was learned here (with
+    which minimum frequency) or read from `tokenizer`."""
+    return {
+        "file": TOKENIZER,
+        "sha256": tok.sha256,
+        "trained": tokenizer is None,
+        "from_file": None if tokenizer is None else str(tokenizer),
+        "min_frequency": min_frequency if tokenizer is None else None,
+    }
 
 
 def write_json(path: Path, data: Any) -> None:
