@@ -58,7 +58,7 @@ from transformer.data.prepare import (
     tokenizer_record,
     write_json,
 )
-from transformer.data.textfiles import file_sha256, open_binary, read_lines
+from transformer.data.textfiles import decode_line, file_sha256, open_binary, read_lines
 from transformer.data.tokenizer import MIN_VOCAB_SIZE, SubwordTokenizer
 from transformer.io import atomic_directory
 
@@ -204,17 +204,7 @@ def _physical_lines(path: Path) -> Iterator[str]:
                         f"{path}:{lineno}: NUL byte (byte {nul + 1} of the line); "
                         "this is not UTF-8 text (UTF-16? a binary file?), convert it to UTF-8"
                     )
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise DataError(
-                        f"{path}:{lineno}: invalid UTF-8 (byte {e.start + 1} of the line: "
-                        f"{raw[e.start : e.start + 4]!r}); convert the file to UTF-8, "
-                        "e.g. with iconv"
-                    ) from None
-                if lineno == 1 and line.startswith("\ufeff"):
-                    line = line[1:]
-                yield line
+                yield decode_line(raw, path, lineno)
         except (OSError, EOFError, zlib.error) as e:
             raise DataError(f"{path}: cannot read after line {lineno}: {e}") from None
 

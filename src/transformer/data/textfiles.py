@@ -48,19 +48,22 @@ def read_lines(path: Path) -> Iterator[str]:
                     raw = raw[:-1]
                 if raw.endswith(b"\r"):
                     raw = raw[:-1]
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise DataError(
-                        f"{path}:{lineno}: invalid UTF-8 (byte {e.start + 1} of the line: "
-                        f"{raw[e.start : e.start + 4]!r}); convert the file to UTF-8, "
-                        "e.g. with iconv"
-                    ) from None
-                if lineno == 1 and line.startswith(_BOM):
-                    line = line[1:]
-                yield line
+                yield decode_line(raw, path, lineno)
         except (OSError, EOFError, zlib.error) as e:
             raise DataError(f"{path}: cannot read after line {lineno}: {e}") from None
+
+
+def decode_line(raw: bytes, path: Path, lineno: int) -> str:
+    """Line `lineno` of `path` decoded as strict UTF-8 (a byte-order mark opening line 1 dropped);
+    DataError naming the file, line and byte otherwise."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{path}:{lineno}: invalid UTF-8 (byte {e.start + 1} of the line: "
+            f"{raw[e.start : e.start + 4]!r}); convert the file to UTF-8, e.g. with iconv"
+        ) from None
+    return line[1:] if lineno == 1 and line.startswith(_BOM) else line
 
 
 def count_lines(path: Path) -> int:
