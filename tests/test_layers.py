@@ -34,6 +34,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "foundation",
         (
             "transformer.config",
+            "transformer.hardware",
             "transformer.io",
             "transformer.vocab",
             "transformer.version",

@@ -28,7 +28,7 @@ from transformer.config import (
     to_dict,
 )
 
-Precision = Literal["fp32", "bf16", "fp16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Device = Literal["auto", "cpu", "cuda"]
 BestMetric = Literal["bleu", "accuracy", "loss"]
 Task = Literal["auto", "translation", "classification"]
@@ -90,8 +90,10 @@ class TrainConfig:
     max_minutes: float = setting(0.0, ge=0.0)
     seed: int = 1
     device: Device = "auto"
-    # fp32; bf16 autocast (CPU and CUDA); fp16 autocast with a gradient scaler (CUDA only).
-    precision: Precision = "fp32"
+    # auto: bf16 where the device computes it natively (a CPU with AMX-bf16, a CUDA GPU of
+    # compute capability >= 8.0), else fp32; fp32; bf16 autocast (CPU and CUDA); fp16 autocast
+    # with a gradient scaler (CUDA only). The log states the choice and why.
+    precision: Precision = "auto"
     # torch.compile the model (the checkpoint always holds the plain, unwrapped module).
     compile: bool = False
     # Start from the weights of this model directory wherever names and shapes match (e.g. a

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from transformer.data.batching import TokenBatchSampler
 from transformer.data.dataset import load_split, load_tokenizer, read_manifest
 from transformer.data.errors import DataError
+from transformer.hardware import resolve_precision
 from transformer.modeldir import copy_matching_weights, save_model_dir
 from transformer.training.checkpoint import (
     latest_checkpoint,
@@ -70,7 +71,10 @@ class Trainer:
         self.dist = init_distributed(config.train.device)
         self.device = self.dist.device
         self._log = log or (lambda message: tqdm.write(message, file=sys.stderr))
-        if config.train.precision == "fp16" and self.device.type != "cuda":
+        self.precision, self.precision_reason = resolve_precision(
+            config.train.precision, self.device
+        )
+        if self.precision == "fp16" and self.device.type != "cuda":
             raise TrainingError(
                 "train.precision fp16 is for CUDA devices (a CPU computes fp16 slowly); "
                 "use bf16 on CPU"
@@ -118,9 +122,7 @@ class Trainer:
             eps=o.eps,
             weight_decay=o.weight_decay,
         )
-        self.scaler = torch.amp.GradScaler(
-            self.device.type, enabled=config.train.precision == "fp16"
-        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.net: nn.Module = self.model
         if self.dist.enabled:
             self.net = DistributedDataParallel(
@@ -169,10 +171,9 @@ class Trainer:
         return noam_learning_rate(step, self.model_config.d_model, o.warmup, o.lr_factor)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        precision = self.config.train.precision
-        if precision == "fp32":
+        if self.precision == "fp32":
             return contextlib.nullcontext()
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     def log(self, message: str) -> None:
@@ -207,7 +208,7 @@ class Trainer:
             self.metrics.open_tensorboard()
         self.log(
             f"training {self.model.num_parameters():,} parameters on {self.device} "
-            f"({self.dist.world_size} process(es), {t.precision}); "
+            f"({self.dist.world_size} process(es), {self.precision}: {self.precision_reason}); "
             f"{len(self.sampler)} batches per epoch and process, "
             f"update_freq {self.config.optim.update_freq}; run directory {self.run_dir}"
         )

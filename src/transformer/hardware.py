@@ -1,0 +1,64 @@
+"""What the hardware offers: whether bfloat16 arithmetic is faster than float32 on a device.
+
+bf16 pays where the hardware multiplies bf16 matrices natively: a CPU with AMX-bf16 tiles (Intel
+Sapphire Rapids and later: about 2.5 times its float32 matrix rate) or a CUDA GPU of compute
+capability 8.0 or more (A100, H100, ...). Elsewhere PyTorch emulates bf16 and it is slower than
+float32, so `auto` precision means float32 there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_flags(cpuinfo: Path | None = None) -> set[str]:
+    """The feature flags of the first CPU listed in `cpuinfo` (default: /proc/cpuinfo, Linux);
+    empty where unreadable."""
+    try:
+        with open(cpuinfo or CPUINFO, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "flags":
+                    return set(value.split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_has_amx_bf16(cpuinfo: Path | None = None) -> bool:
+    """True when the CPU has AMX tiles for bf16: its flags where `cpuinfo` lists them (Linux),
+    else PyTorch's own check (which asks the kernel for the tile permission)."""
+    flags = cpu_flags(cpuinfo)
+    if flags:
+        return "amx_bf16" in flags
+    init_amx = getattr(getattr(torch._C, "_cpu", None), "_init_amx", None)
+    return bool(init_amx is not None and init_amx())
+
+
+def fast_bf16(device: torch.device | str) -> tuple[bool, str]:
+    """Whether bf16 autocast is faster than float32 on `device`, and why (for the log)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        name = torch.cuda.get_device_name(device)
+        if major >= 8:
+            return True, f"{name} (compute capability {major}.{minor}) has bf16 tensor cores"
+        return False, f"{name} (compute capability {major}.{minor}) has no bf16 tensor cores"
+    if device.type == "cpu":
+        if cpu_has_amx_bf16():
+            return True, "the CPU has AMX-bf16 units"
+        return False, "the CPU has no AMX-bf16 units (bf16 would be slower than fp32)"
+    return False, f"no bf16 speed-up known for {device.type} devices"
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> tuple[str, str]:
+    """The precision to train or run in: `precision` itself unless it is "auto", in which case
+    "bf16" where `fast_bf16(device)` and "fp32" elsewhere; with the reason, for the log."""
+    if precision != "auto":
+        return precision, "as configured"
+    fast, why = fast_bf16(device)
+    return ("bf16" if fast else "fp32"), f"auto: {why}"

@@ -1,0 +1,71 @@
+"""`precision: auto`: bf16 exactly where the hardware multiplies bf16 natively."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from transformer import hardware
+from transformer.hardware import cpu_flags, cpu_has_amx_bf16, fast_bf16, resolve_precision
+
+SAPPHIRE_RAPIDS = """processor	: 0
+vendor_id	: GenuineIntel
+model name	: Intel(R) Xeon(R) Platinum 8480+
+flags		: fpu vme sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8
+
+processor	: 1
+flags		: fpu vme sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8
+"""
+ICE_LAKE = """processor	: 0
+model name	: Intel(R) Xeon(R) Gold 6338
+flags		: fpu vme sse2 avx2 avx512f avx512_vnni
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cpuinfo"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_flags_of_the_first_cpu(tmp_path: Path) -> None:
+    flags = cpu_flags(write(tmp_path, SAPPHIRE_RAPIDS))
+    assert {"amx_bf16", "amx_tile", "avx512_bf16"} <= flags
+    assert "avx512_vnni" in cpu_flags(write(tmp_path, ICE_LAKE))
+    assert cpu_flags(tmp_path / "missing") == set()
+
+
+def test_amx_from_the_flags(tmp_path: Path) -> None:
+    assert cpu_has_amx_bf16(write(tmp_path, SAPPHIRE_RAPIDS))
+    # avx512_bf16 alone converts but has no bf16 matrix unit: not worth it
+    assert not cpu_has_amx_bf16(write(tmp_path, ICE_LAKE + " avx512_bf16\n"))
+
+
+def test_auto_follows_the_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for text, expected in ((SAPPHIRE_RAPIDS, "bf16"), (ICE_LAKE, "fp32")):
+        monkeypatch.setattr(hardware, "CPUINFO", write(tmp_path, text))
+        chosen, why = resolve_precision("auto", "cpu")
+        assert chosen == expected
+        assert why.startswith("auto: the CPU has") and "AMX-bf16" in why
+        assert fast_bf16(torch.device("cpu"))[0] == (expected == "bf16")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_an_explicit_precision_is_kept(precision: str) -> None:
+    assert resolve_precision(precision, "cpu") == (precision, "as configured")
+
+
+def test_this_machine_agrees_with_its_flags() -> None:
+    """On Linux the answer is the kernel's flag list (this workplace's CPU has AMX-bf16)."""
+    if hardware.CPUINFO.exists():  # elsewhere PyTorch's own check answers
+        assert cpu_has_amx_bf16() == ("amx_bf16" in cpu_flags())
+
+
+def test_cuda_by_compute_capability(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "GPU")
+    for capability, expected in (((9, 0), True), ((8, 0), True), ((7, 5), False)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None, c=capability: c)
+        assert fast_bf16(torch.device("cuda", 0))[0] is expected
+        assert resolve_precision("auto", "cuda:0")[0] == ("bf16" if expected else "fp32")
