@@ -67,7 +67,6 @@ import os
 import platform
 import shlex
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -78,6 +77,7 @@ from typing import Any
 import torch
 
 from _results import write_result
+from _runs import REPO, read_metrics, rel, run_child, run_finished, threads_env, train_command
 from transformer.classifier import Classifier
 from transformer.data.classification import (
     FoldAssigner,
@@ -90,10 +90,8 @@ from transformer.data.textfiles import file_sha256
 from transformer.evaluation.classification import classification_scores, mean_and_spread
 from transformer.io import atomic_write_json, atomic_write_text
 from transformer.training.average import average_run
-from transformer.training.checkpoint import latest_checkpoint
 from transformer.training.config import load_config
 
-REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data" / "ag_news" / "train_head.csv.gz"
 CLASSES = REPO / "data" / "ag_news" / "classes.txt"
 TEXT_COLUMNS = (1, 2)  # title, description
@@ -336,52 +334,6 @@ def train_overrides(data_dir: Path, minutes: float, overrides: Sequence[str]) ->
     return [f"data.dir={data_dir}", f"train.max_minutes={minutes:g}", *overrides]
 
 
-def train_command(config: Path, run_dir: Path, overrides: Sequence[str]) -> list[str]:
-    """`transformer train` in a process of its own (`python -m transformer.cli train`)."""
-    sets = [x for o in overrides for x in ("--set", o)]
-    return [sys.executable, "-m", "transformer.cli", "train", str(config), "--run-dir",
-            str(run_dir), *sets]  # fmt: skip
-
-
-def run_finished(run_dir: Path, config) -> bool:
-    """Whether the run's newest checkpoint has reached one of its limits (a run stopped by a
-    signal has not)."""
-    found = latest_checkpoint(run_dir, warn=lambda message: None)
-    if found is None:
-        return False
-    _, state = found
-    t = config.train
-    return (
-        state["step"] >= t.max_updates
-        or bool(t.max_epochs and state["epoch"] >= t.max_epochs)
-        or bool(t.max_minutes and state["train_seconds"] >= t.max_minutes * 60)
-        or bool(t.patience and state["bad_validations"] >= t.patience)
-    )
-
-
-def run_child(command: list[str], env: dict[str, str]) -> int:
-    """Run `command` with its output on our stderr; on an interruption of ours, let the trainer
-    save a checkpoint and stop (it takes SIGINT as a request to stop) before giving up."""
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=sys.stderr, stderr=sys.stderr)
-    try:
-        return process.wait()
-    except BaseException:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        raise
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
-    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
-    return [json.loads(line) for line in lines if line.strip()]
-
-
 def evaluate_model(
     model_dir: Path, splits: dict[str, list[tuple[str, int]]], labels: list[str], repeats: int
 ) -> dict[str, Any]:
@@ -420,9 +372,7 @@ def ours_fold(
     overrides = train_overrides(data_dir, minutes, args.overrides)
     command = train_command(args.config, run_dir, overrides)
     config = load_config(args.config, overrides)
-    env = dict(os.environ)
-    if args.threads:
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
+    env = threads_env(args.threads)
     wall = None
     if not run_finished(run_dir, config):
         print(f"{fold_dir.name}: {shlex.join(command)}", file=sys.stderr, flush=True)
@@ -567,12 +517,6 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 # -------------------------------------------------------------------------------------- main
-
-
-def rel(parts: Sequence[str]) -> list[str]:
-    """Paths under the repository written relative to it (commands read as one would type them)."""
-    root = str(REPO) + os.sep
-    return [p.replace(root, "") if isinstance(p, str) else p for p in parts]
 
 
 def machine() -> dict[str, Any]:
