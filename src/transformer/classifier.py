@@ -27,11 +27,10 @@ from torch import Tensor
 from transformer.data.tokenizer import SubwordTokenizer
 from transformer.decoding.batching import length_batches
 from transformer.decoding.engine import pad_ids
+from transformer.hardware import INFERENCE_PRECISIONS, autocast
 from transformer.model import AttentionRecord, TransformerClassifier
 from transformer.modeldir import load_classifier_dir
 from transformer.vocab import BOS, EOS, EOS_ID
-
-PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -72,8 +71,10 @@ class Classifier:
         precision: str = "fp32",
         max_tokens: int = 8192,
     ) -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if precision not in INFERENCE_PRECISIONS:
+            raise ValueError(
+                f"precision must be one of {', '.join(INFERENCE_PRECISIONS)}, got {precision!r}"
+            )
         if len(labels) != model.n_classes:
             raise ValueError(f"{len(labels)} labels for a model of {model.n_classes} classes")
         self.model = model.eval()
@@ -150,9 +151,7 @@ class Classifier:
     # ------------------------------------------------------------------------------ internals
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return autocast(self.device, self.precision)
 
     @torch.no_grad()
     def _probabilities(self, ids: list[list[int]]) -> Tensor:

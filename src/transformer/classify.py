@@ -40,20 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="LINES",
         help="classify at most this many waiting lines at once (default 256)",
     )
-    add_device_arguments(parser)
+    from transformer.decoding.cli import add_device_arguments
 
-
-def add_device_arguments(parser: argparse.ArgumentParser) -> None:
-    """--device, --threads, --precision (classify, and evaluate on a classifier)."""
-    g = parser.add_argument_group("device")
-    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
-    g.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    g.add_argument(
-        "--precision",
-        choices=["fp32", "bf16"],
-        default="fp32",
-        help="fp32 (default) or bf16 autocast (faster on CPUs with AMX and on GPUs)",
-    )
+    add_device_arguments(parser.add_argument_group("device"))
 
 
 def load_classifier(args: argparse.Namespace):

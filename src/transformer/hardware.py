@@ -8,6 +8,7 @@ float32, so `auto` precision means float32 there.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -62,3 +63,19 @@ def resolve_precision(precision: str, device: torch.device | str) -> tuple[str, 
         return precision, "as configured"
     fast, why = fast_bf16(device)
     return ("bf16" if fast else "fp32"), f"auto: {why}"
+
+
+# Precisions of inference (translation, classification): fp32 is exact; bf16 autocast is faster
+# where `fast_bf16`, with outputs that may differ slightly from fp32's.
+INFERENCE_PRECISIONS = ("fp32", "bf16")
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
+    """The autocast context of `precision` on `device`: none for "fp32"; bf16 or fp16 autocast
+    (weights stay float32) otherwise."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision not in AUTOCAST_DTYPES:
+        raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+    return torch.autocast(device_type=torch.device(device).type, dtype=AUTOCAST_DTYPES[precision])

@@ -137,6 +137,7 @@ class Translator:
         tokenizer: SubwordTokenizer,
         device: torch.device | str = "cpu",
         task: dict[str, Any] | None = None,
+        precision: str = "fp32",
     ):
         if not models:
             raise ValueError("a Translator needs at least one model")
@@ -146,7 +147,7 @@ class Translator:
                     f"model {i} has vocab_size {model.config.vocab_size} but the tokenizer has "
                     f"{tokenizer.vocab_size} tokens; the tokenizer does not belong to this model"
                 )
-        self._attach_engine(TorchEngine(models, device), tokenizer, task)
+        self._attach_engine(TorchEngine(models, device, precision), tokenizer, task)
 
     @classmethod
     def from_engine(
@@ -194,12 +195,14 @@ class Translator:
         model_dir: Path | str | Sequence[Path | str],
         device: torch.device | str = "cpu",
         engine: str = "torch",
+        precision: str = "fp32",
     ) -> Translator:
         """Load a model directory, or several as an ensemble (they must share the tokenizer).
 
         engine "torch" loads model directories; "ctranslate2" loads one directory written by
         `transformer export --format ctranslate2` (CTranslate2 uses torch.get_num_threads()
-        threads). Raises ModelDirError with a clear message for a missing or corrupt file, a
+        threads). precision (torch engine): "fp32" (exact) or "bf16" autocast (faster on a CPU
+        with AMX-bf16 or a recent GPU; translations may differ slightly). Raises ModelDirError with a clear message for a missing or corrupt file, a
         tokenizer that does not match the model's vocabulary, or a directory that was not
         exported for the engine; ConfigError for an unknown engine or an ensemble it cannot run.
         """
@@ -211,6 +214,14 @@ class Translator:
                 "engine", [f"engine: must be one of {', '.join(ENGINES)}, got {engine!r}"]
             )
         if engine == "ctranslate2":
+            if precision != "fp32":
+                raise ConfigError(
+                    "precision",
+                    [
+                        f"precision {precision}: applies to the torch engine; CTranslate2 "
+                        "computes in the type its directory was exported with"
+                    ],
+                )
             if len(dirs) > 1:
                 raise ConfigError(
                     "engine",
@@ -238,7 +249,7 @@ class Translator:
             models.append(model)
             tokenizer = tokenizer or tok
         assert tokenizer is not None
-        return cls(models, tokenizer, device, load_task(dirs[0]))
+        return cls(models, tokenizer, device, load_task(dirs[0]), precision)
 
     # ------------------------------------------------------------------------------------ API
 

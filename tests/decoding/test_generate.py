@@ -7,6 +7,7 @@ import torch
 
 from tests.copy_model import copy_batch
 from transformer.decoding import DecodeOptions, generate
+from transformer.hardware import autocast
 from transformer.model import padding_mask
 from transformer.vocab import PAD_ID
 
@@ -42,28 +43,41 @@ def test_beam_1_equals_greedy_tokens_and_scores(copy_model, sources):
     torch.testing.assert_close(greedy.score, beam.score, rtol=0, atol=1e-5)
 
 
+# bf16 autocast (`--precision bf16`) keeps both equivalences: the same tokens, and scores within
+# bf16's rounding.
+PRECISIONS = pytest.mark.parametrize("precision", ["fp32", "bf16"])
+SCORE_ATOL = {"fp32": 1e-4, "bf16": 2e-2}
+
+
+@PRECISIONS
 @pytest.mark.parametrize("method,beam", [("greedy", 1), ("beam", 4)])
-def test_batched_equals_one_sentence_at_a_time(copy_model, sources, method, beam):
+def test_batched_equals_one_sentence_at_a_time(copy_model, sources, method, beam, precision):
     src, max_len = sources
     settings = DecodeOptions(method=method, beam=beam, nbest=beam)
-    batched = generate([copy_model], src, max_len, settings)
-    for i in range(src.size(0)):
-        alone = src[i : i + 1, : int(padding_mask(src[i]).sum())]  # no padding at all
-        single = generate([copy_model], alone, max_len[i : i + 1], settings)
-        for j in range(batched.tokens.size(1)):
-            assert best(batched, i, j) == best(single, 0, j), (i, j)
-        torch.testing.assert_close(batched.score[i], single.score[0], rtol=0, atol=1e-4)
+    with autocast("cpu", precision):
+        batched = generate([copy_model], src, max_len, settings)
+        for i in range(src.size(0)):
+            alone = src[i : i + 1, : int(padding_mask(src[i]).sum())]  # no padding at all
+            single = generate([copy_model], alone, max_len[i : i + 1], settings)
+            for j in range(batched.tokens.size(1)):
+                assert best(batched, i, j) == best(single, 0, j), (i, j)
+            torch.testing.assert_close(
+                batched.score[i], single.score[0], rtol=0, atol=SCORE_ATOL[precision]
+            )
 
 
+@PRECISIONS
 @pytest.mark.parametrize("method,beam", [("greedy", 1), ("beam", 4)])
-def test_cached_equals_uncached(copy_model, sources, method, beam):
+def test_cached_equals_uncached(copy_model, sources, method, beam, precision):
     src, max_len = sources
-    cached = generate([copy_model], src, max_len, DecodeOptions(method=method, beam=beam))
-    uncached = generate(
-        [copy_model], src, max_len, DecodeOptions(method=method, beam=beam, use_cache=False)
-    )
+    with autocast("cpu", precision):
+        cached = generate([copy_model], src, max_len, DecodeOptions(method=method, beam=beam))
+        uncached = generate(
+            [copy_model], src, max_len, DecodeOptions(method=method, beam=beam, use_cache=False)
+        )
     assert torch.equal(cached.tokens, uncached.tokens)
-    torch.testing.assert_close(cached.score, uncached.score, rtol=0, atol=1e-4)
+    assert cached.score.dtype == torch.float32
+    torch.testing.assert_close(cached.score, uncached.score, rtol=0, atol=SCORE_ATOL[precision])
 
 
 @pytest.mark.parametrize("method", ["greedy", "beam", "sample"])

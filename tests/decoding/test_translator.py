@@ -147,3 +147,26 @@ def test_learned_positions_truncate_long_inputs_with_a_warning(
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         translator.translate(["rot"])  # a short input: no warning
+
+
+def test_bf16_decoding_gives_the_fp32_translations(copy_model_dir, translator):
+    """`precision="bf16"` decodes under bf16 autocast: on a model with decisive choices the same
+    texts, in order, batched or not; scores within bf16's rounding (8 significant bits) of fp32's."""
+    fast = Translator.from_pretrained(copy_model_dir, precision="bf16")
+    assert fast.engine.precision == "bf16" and translator.engine.precision == "fp32"
+    texts = ["Ein Mann", "", "Kinder", "rot", "ein Ball", "Frau"]
+    for method in ("greedy", "beam"):
+        together = fast.translate(texts, method=method, max_tokens=8)
+        assert together == [fast.translate([t], method=method)[0] for t in texts]
+        assert together == translator.translate(texts, method=method)
+    (exact,) = translator.translate_nbest(["Ein Mann"], nbest=2)
+    (rounded,) = fast.translate_nbest(["Ein Mann"], nbest=2)
+    for a, b in zip(exact.hypotheses, rounded.hypotheses, strict=True):
+        assert a.text == b.text and b.score == pytest.approx(a.score, rel=2e-2, abs=1e-2)
+
+
+def test_an_unknown_precision_is_refused(copy_model_dir):
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16"):
+        Translator.from_pretrained(copy_model_dir, precision="fp16")
+    with pytest.raises(ConfigError, match="torch engine"):
+        Translator.from_pretrained(copy_model_dir, engine="ctranslate2", precision="bf16")

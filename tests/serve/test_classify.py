@@ -381,8 +381,8 @@ def test_the_cli_picks_the_facade_from_task_json(
         load_model(serve_args(classifier_dir, classifier_dir))
     with pytest.raises(ConfigError, match="--engine"):
         load_model(serve_args(classifier_dir, engine="ctranslate2"))
-    with pytest.raises(ConfigError, match="--precision"):
-        load_model(serve_args(copy_model_dir, precision="bf16"))
+    assert load_model(serve_args(copy_model_dir, precision="bf16")).engine.precision == "bf16"
+    assert load_model(serve_args(classifier_dir, precision="bf16")).precision == "bf16"
 
 
 # ---------------------------------------------------------------------------------- web page

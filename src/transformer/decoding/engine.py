@@ -24,6 +24,7 @@ from torch import Tensor
 from transformer.decoding.batching import length_batches
 from transformer.decoding.generate import Generated, generate, max_output_lengths
 from transformer.decoding.options import DecodeOptions
+from transformer.hardware import INFERENCE_PRECISIONS, autocast
 from transformer.model import Transformer
 from transformer.vocab import EOS_ID, PAD_ID
 
@@ -94,11 +95,21 @@ class TorchEngine:
 
     name = "torch"
 
-    def __init__(self, models: Sequence[Transformer], device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        models: Sequence[Transformer],
+        device: torch.device | str = "cpu",
+        precision: str = "fp32",
+    ):
         if not models:
             raise ValueError("a TorchEngine needs at least one model")
+        if precision not in INFERENCE_PRECISIONS:
+            raise ValueError(
+                f"precision must be one of {', '.join(INFERENCE_PRECISIONS)}, got {precision!r}"
+            )
         self.models = [m.eval() for m in models]
         self.device = torch.device(device)
+        self.precision = precision  # fp32: exact; bf16 autocast: faster where the CPU has AMX
         self.vocab_size = models[0].config.vocab_size
         limits = [m.config.max_positions for m in models if m.config.positional == "learned"]
         self.max_positions: int | None = min(limits) if limits else None
@@ -110,4 +121,5 @@ class TorchEngine:
         self, sources: list[list[int]], max_len: Tensor, settings: DecodeOptions
     ) -> Generated:
         src = pad_ids(sources, self.device)  # (N, S)
-        return generate(self.models, src, max_len.to(self.device), settings)
+        with autocast(self.device, self.precision):
+            return generate(self.models, src, max_len.to(self.device), settings)

@@ -60,12 +60,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PNG",
         help="where to draw the confusion matrix (default: %(default)s)",
     )
-    g.add_argument(
-        "--precision",
-        choices=["fp32", "bf16"],
-        default="fp32",
-        help="fp32 (default) or bf16 autocast",
-    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -119,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
             "target_tokens_per_second": round(tokens / seconds, 2) if seconds > 0 else None,
             "models": [str(m) for m in args.model],
             "engine": args.engine,
+            "precision": args.precision,
             "decoding": {f.name: getattr(resolved, f.name) for f in cli_fields()},
         }
     )

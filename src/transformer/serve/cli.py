@@ -36,19 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="model directory (config.json, model.safetensors, tokenizer.json); repeat it to "
         "serve an ensemble (translation models)",
     )
-    from transformer.decoding.cli import add_engine_argument
+    from transformer.decoding.cli import add_device_arguments, add_engine_argument
 
     add_engine_argument(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (8000)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    parser.add_argument(
-        "--precision",
-        choices=["fp32", "bf16"],
-        default="fp32",
-        help="classification models: fp32 (default) or bf16 autocast",
-    )
+    add_device_arguments(parser)
     b = parser.add_argument_group("dynamic batching")
     b.add_argument(
         "--max-batch-tokens",
@@ -124,12 +117,9 @@ def load_model(args: argparse.Namespace):
         )
     from transformer.translator import Translator
 
-    if args.precision != "fp32":
-        raise ConfigError(
-            "serve options",
-            ["--precision: only classification models take bf16; translation runs in fp32"],
-        )
-    return Translator.from_pretrained(args.model, device=args.device, engine=args.engine)
+    return Translator.from_pretrained(
+        args.model, device=args.device, engine=args.engine, precision=args.precision
+    )
 
 
 def settings_from_args(args: argparse.Namespace):

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from transformer.data.batching import TokenBatchSampler
 from transformer.data.dataset import load_split, load_tokenizer, read_manifest
 from transformer.data.errors import DataError
-from transformer.hardware import resolve_precision
+from transformer.hardware import autocast, resolve_precision
 from transformer.modeldir import copy_matching_weights, save_model_dir
 from transformer.training.checkpoint import (
     latest_checkpoint,
@@ -171,10 +171,7 @@ class Trainer:
         return noam_learning_rate(step, self.model_config.d_model, o.warmup, o.lr_factor)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return autocast(self.device, self.precision)
 
     def log(self, message: str) -> None:
         if self.dist.is_main:
