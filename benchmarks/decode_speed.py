@@ -11,6 +11,8 @@ detokenization excluded), after one untimed warm-up batch per decoder.
 * ``ours``: `transformer.decoding.generate` with the KV cache (cross-attention K/V computed once,
   finished sentences leave the batch), the paper's settings (GNMT alpha 0.6, max length
   source + 50).
+* ``ours, bf16 autocast`` (``--bf16``): the same in bf16 autocast, as ``--precision bf16``
+  decodes; "same tokens" says whether every hypothesis equals fp32's.
 * ``ours-uncached``: the same loop and the same settings, but every step re-runs the decoder over
   the whole prefix (``use_cache=False``). Its output tokens are checked to equal ``ours``.
 * ``marian``: `transformers.MarianMTModel` with random weights and the same sizes (d_model, heads,
@@ -47,6 +49,7 @@ from torch import Tensor
 from _results import write_result
 from transformer.data.textfiles import read_lines
 from transformer.decoding import DecodeOptions, generate, length_batches, max_output_lengths
+from transformer.hardware import autocast
 from transformer.model import Transformer, padding_mask
 from transformer.modeldir import load_model_dir
 from transformer.vocab import BOS_ID, EOS_ID, PAD_ID
@@ -137,8 +140,10 @@ def bench_method(
     method: str,
     beam: int,
     uncached: bool,
+    bf16: bool = False,
 ) -> list[Row]:
-    """Rows for one decoding method: ours, then (optionally) ours without cache and Marian."""
+    """Rows for one decoding method: ours, then (optionally) ours in bf16 autocast, ours without
+    cache and Marian."""
     settings = DecodeOptions(method=method, beam=beam, alpha=0.6)
     name = "greedy" if method == "greedy" else f"beam {beam}"
 
@@ -168,6 +173,14 @@ def bench_method(
         )
         print(f"{name}: {decoder} {seconds:.1f} s", flush=True)
 
+    if bf16:
+        with autocast("cpu", "bf16"):
+            seconds, rounded = timed(ours, batches)
+        add(
+            "ours, bf16 autocast",
+            seconds,
+            all(torch.equal(a.tokens, b.tokens) for a, b in zip(outs, rounded)),
+        )
     if uncached:
         seconds, slow = timed(lambda b: ours(b, use_cache=False), batches)
         add(
@@ -210,7 +223,7 @@ def run(args: argparse.Namespace) -> dict:
     rows: list[Row] = []
     for method, beam in (("greedy", 1), ("beam", args.beam)):
         rows += bench_method(
-            model, marian, batches, len(lines), method, beam, not args.skip_uncached
+            model, marian, batches, len(lines), method, beam, not args.skip_uncached, args.bf16
         )
     hf_version = None
     if marian is not None:
@@ -234,13 +247,16 @@ def run(args: argparse.Namespace) -> dict:
 
 def table(result: dict) -> str:
     lines = [
-        "| decoding | decoder | seconds | sentences/s | target tokens/s | ours is faster by |",
-        "|---|---|---:|---:|---:|---:|",
+        "| decoding | decoder | seconds | sentences/s | target tokens/s | ours is faster by "
+        "| same tokens as ours |",
+        "|---|---|---:|---:|---:|---:|---|",
     ]
+    same = {True: "yes", False: "no", None: "-"}
     for r in result["rows"]:
         lines.append(
             f"| {r['method']} | {r['decoder']} | {r['seconds']:.1f} | {r['sentences_per_s']:.1f} "
-            f"| {r['tokens_per_s']:,.0f} | {r['speedup_of_ours']:.2f}x |"
+            f"| {r['tokens_per_s']:,.0f} | {r['speedup_of_ours']:.2f}x "
+            f"| {same[r['same_tokens_as_ours']]} |"
         )
     return "\n".join(lines)
 
@@ -254,6 +270,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-tokens", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=2, help="torch threads, for every decoder")
     parser.add_argument("--skip-uncached", action="store_true")
+    parser.add_argument(
+        "--bf16", action="store_true", help="also ours in bf16 autocast (`--precision bf16`)"
+    )
     parser.add_argument("--skip-marian", action="store_true")
     parser.add_argument(
         "--json", default=str(ROOT / "benchmarks" / "results" / "decode_speed.json")
