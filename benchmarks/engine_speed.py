@@ -10,7 +10,7 @@ Multi30k test2016 German, 1,000 sentences) is translated by four decoders throug
 ``--max-tokens`` padded source tokens) are identical; only the engine differs:
 
 * ``torch fp32``: our PyTorch decoder (KV cache, finished sentences leave the batch).
-* ``torch bf16``: the same under ``torch.autocast("cpu", dtype=torch.bfloat16)``.
+* ``torch bf16``: the same with ``precision="bf16"`` (``--precision bf16``: bf16 autocast).
 * ``ct2 float32`` / ``ct2 int8``: CTranslate2 on the exports (`transformer.decoding.ct2_engine`:
   raw log-probabilities re-ranked with our GNMT penalty, alpha 0.6).
 
@@ -38,7 +38,6 @@ Results are printed as a Markdown table and written to ``benchmarks/results/engi
 from __future__ import annotations
 
 import argparse
-import contextlib
 import multiprocessing
 import platform
 import tempfile
@@ -79,7 +78,7 @@ class Row:
 def load_decoder(name: str, model: str, exports: dict[str, str], patience: float) -> Translator:
     """The Translator of one decoder: "torch fp32", "torch bf16", "ct2 float32", "ct2 int8"."""
     if name.startswith("torch"):
-        return Translator.from_pretrained(model)
+        return Translator.from_pretrained(model, precision=name.split()[1])
     engine, tokenizer = load_ctranslate2_dir(exports[name.split()[1]], patience=patience)
     return Translator.from_engine(engine, tokenizer)
 
@@ -102,14 +101,9 @@ def measure_decoder(
     """
     torch.set_num_threads(threads)  # CTranslate2 takes the same (its workers)
     translator = load_decoder(name, model, exports, patience)
-    context = (
-        (lambda: torch.autocast("cpu", dtype=torch.bfloat16))
-        if name == "torch bf16"
-        else contextlib.nullcontext
-    )
 
     def translate(texts: list[str], options: dict) -> list:
-        with context(), torch.inference_mode():
+        with torch.inference_mode():
             return translator.translate_nbest(texts, **options)
 
     out = []

@@ -18,6 +18,7 @@ Run (from the repository root, after `make setup`; prepares work/multi30k-de-en 
 
     .venv/bin/python benchmarks/train_speed.py
     .venv/bin/python benchmarks/train_speed.py --precisions fp32 --updates 10 --warmup 2
+    .venv/bin/python benchmarks/train_speed.py --precisions bf16,bf16+compile   # torch.compile
 
 Writes benchmarks/results/train_speed.json and prints a Markdown table.
 """
@@ -57,10 +58,18 @@ def ensure_data(data_dir: Path) -> None:
     )
 
 
-def measure(config_path: Path, data_dir: Path, precision: str, warmup: int, updates: int) -> dict:
+def measure(
+    config_path: Path,
+    data_dir: Path,
+    precision: str,
+    warmup: int,
+    updates: int,
+    compile: bool = False,
+) -> dict:
     overrides = [
         f"data.dir={data_dir}",
         f"train.precision={precision}",
+        f"train.compile={str(compile).lower()}",
         f"train.max_updates={warmup + updates}",
         "train.valid_every=0",
         "train.valid_bleu=false",
@@ -97,6 +106,8 @@ def measure(config_path: Path, data_dir: Path, precision: str, warmup: int, upda
     seconds = starts[-1] - starts[warmup]
     return {
         "precision": precision,
+        "compile": compile,
+        "warmup": warmup,
         "updates": updates,
         "seconds": seconds,
         "tokens_per_s": sum(tokens[warmup:]) / seconds,
@@ -110,8 +121,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "multi30k.yaml")
     parser.add_argument("--data", type=Path, default=REPO / "work" / "multi30k-de-en")
-    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument(
+        "--precisions",
+        default="fp32,bf16",
+        help="comma-separated variants: fp32, bf16, and either with +compile (train.compile)",
+    )
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument(
+        "--compile-warmup",
+        type=int,
+        default=12,
+        help="untimed updates of a +compile variant (compilation and recompilations for new "
+        "batch shapes happen there)",
+    )
     parser.add_argument("--updates", type=int, default=20)
     parser.add_argument(
         "--json", type=Path, default=REPO / "benchmarks" / "results" / "train_speed.json"
@@ -122,23 +144,27 @@ def main() -> None:
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     results = []
-    for p in precisions:
-        r = measure(args.config, args.data, p, args.warmup, args.updates)
+    for variant in precisions:
+        p, _, extra = variant.partition("+")
+        if p not in dtypes or extra not in ("", "compile"):
+            parser.error(f"--precisions: unknown variant {variant!r}")
+        compiled = extra == "compile"
+        warmup = args.compile_warmup if compiled else args.warmup
+        r = measure(args.config, args.data, p, warmup, args.updates, compiled)
+        r["variant"] = variant
         # the peak of the device the trainer ran on (train.device auto: CUDA where there is one)
         peak = matmul_flops_per_s(torch.device(r["device"]), dtypes[p], 2048, reps=5)
         r["matmul_peak_flops_per_s"] = peak
         r["mfu"] = r["flops_per_s"] / peak
         results.append(r)
-        print(f"  {p}: {r['tokens_per_s']:,.0f} target tok/s, MFU {r['mfu']:.0%}", flush=True)
+        print(f"  {variant}: {r['tokens_per_s']:,.0f} target tok/s, MFU {r['mfu']:.0%}", flush=True)
     base = results[0]["tokens_per_s"]
     print()
-    print(
-        "| precision | target tokens/s | vs fp32 | achieved GFLOP/s | matmul peak GFLOP/s | MFU |"
-    )
+    print("| variant | target tokens/s | vs first | achieved GFLOP/s | matmul peak GFLOP/s | MFU |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in results:
         print(
-            f"| {r['precision']} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s'] / base:.2f}x "
+            f"| {r['variant']} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s'] / base:.2f}x "
             f"| {r['flops_per_s'] / 1e9:,.1f} | {r['matmul_peak_flops_per_s'] / 1e9:,.1f} "
             f"| {r['mfu']:.0%} |"
         )
