@@ -218,6 +218,8 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+Activation = Literal["relu", "gelu"]
+Norm = Literal["layer", "rms", "batch"]
 NormPosition = Literal["post", "pre"]
 Pooling = Literal["mean", "cls"]
 Positional = Literal["sinusoidal", "learned", "none"]
@@ -256,6 +258,16 @@ class ModelConfig:
     # the Reformer); positional: none gives the model no position information at all.
     scale_attention: bool = True
     shared_query_key: bool = False
+    # More of the learners' questions, each off by default (the paper's model). norm: "layer"
+    # (LayerNorm, the paper), "rms" (RMSNorm: no mean subtraction, no bias) or "batch" (BatchNorm
+    # over the real tokens of the batch, running statistics at inference). activation of the
+    # feed-forward network: "relu" (the paper) or "gelu". scale_embedding: the sqrt(d_model)
+    # factor on token embeddings (section 3.4). residual: the residual connections around every
+    # sub-layer (False: x -> Norm(Sublayer(x)), a plain deep stack).
+    norm: Norm = "layer"
+    activation: Activation = "relu"
+    scale_embedding: bool = True
+    residual: bool = True
     # Classification only (TransformerClassifier; a translation model ignores it): how the
     # encoder's outputs become one vector: "mean" over the real tokens, or "cls", the output at a
     # classification token (<s>) put in front of every text (as BERT's [CLS]).

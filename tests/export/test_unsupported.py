@@ -20,10 +20,24 @@ from transformer.modeldir import save_model_dir
         {"norm_position": "pre", "positional": "learned", "share_embeddings": False},
         {"d_k": 12, "d_v": 12},  # d_k = d_v != d_model / n_heads: CTranslate2's head_dim
         {"layer_norm_eps": 1e-3},
+        {"activation": "gelu", "scale_embedding": False},
     ],
 )
 def test_exportable_configs_have_no_problems(overrides):
     assert unsupported_options(tiny_config(**overrides)) == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "start"),
+    [
+        ({"norm": "rms"}, "norm=rms"),
+        ({"norm": "batch"}, "norm=batch"),
+        ({"residual": False}, "residual=false"),
+    ],
+)
+def test_options_ctranslate2_lacks_are_named(overrides, start):
+    (problem,) = unsupported_options(tiny_config(**overrides))
+    assert problem.startswith(start)
 
 
 def test_every_unsupported_option_is_listed_with_its_field():

@@ -82,11 +82,20 @@ def unsupported_options(config: ModelConfig) -> list[str]:
       so d_k must equal d_v (any value: d_k = d_v != d_model / n_heads is fine);
     - `num_heads` is stored as int16;
     - `layer_norm_epsilon` is read as a float32, so it must be a positive normal float32;
-    - the feed-forward activation is a choice (ours is always ReLU), post- and pre-norm, learned
-      or explicit sinusoidal tables, shared or separate embeddings all map (see the module doc);
-      dropout does not exist at inference.
+    - the feed-forward activation is a choice (ReLU or GELU map), the sqrt(d_model) embedding
+      scale is a switch, post- and pre-norm, learned or explicit sinusoidal tables, shared or
+      separate embeddings all map (see the module doc); dropout does not exist at inference;
+    - its Transformer layers always normalise with LayerNorm and always add the residual.
     """
     problems = []
+    if config.norm != "layer":
+        problems.append(
+            f"norm={config.norm}: CTranslate2's Transformer layers normalise with LayerNorm only"
+        )
+    if not config.residual:
+        problems.append(
+            "residual=false: CTranslate2's Transformer layers always add the residual connection"
+        )
     if config.d_k != config.d_v:
         problems.append(
             f"d_k={config.d_k} != d_v={config.d_v}: CTranslate2 has a single per-head size for "
@@ -205,7 +214,8 @@ def build_spec(model: Transformer, tokens: list[str]):
     default_head = config.d_model // config.n_heads
     same = config.d_k == default_head and config.d_model % config.n_heads == 0
     head_dim = None if same else config.d_k
-    common = dict(num_heads=config.n_heads, pre_norm=pre, activation=Activation.RELU)
+    activation = Activation.GELU if config.activation == "gelu" else Activation.RELU
+    common = dict(num_heads=config.n_heads, pre_norm=pre, activation=activation)
     spec = TransformerSpec(
         TransformerEncoderSpec(config.n_encoder_layers, head_dim=head_dim, **common),
         TransformerDecoderSpec(config.n_decoder_layers, head_dim=head_dim, **common),
@@ -214,7 +224,7 @@ def build_spec(model: Transformer, tokens: list[str]):
 
     encoder, enc = spec.encoder, model.encoder
     encoder.embeddings[0].weight = _array(enc.embed.token.weight)
-    encoder.scale_embeddings = True  # x sqrt(d_model)
+    encoder.scale_embeddings = config.scale_embedding  # x sqrt(d_model)
     encoder.position_encodings.encodings = positions
     for layer_spec, layer in zip(encoder.layer, enc.layers):
         _set_self_attention(layer_spec.self_attention, layer.self_attn)
@@ -225,7 +235,7 @@ def build_spec(model: Transformer, tokens: list[str]):
 
     decoder, dec = spec.decoder, model.decoder
     decoder.embeddings.weight = _array(dec.embed.token.weight)
-    decoder.scale_embeddings = True
+    decoder.scale_embeddings = config.scale_embedding
     decoder.position_encodings.encodings = (
         _array(dec.embed.positional.weight) if config.positional == "learned" else positions
     )

@@ -33,7 +33,9 @@ class TransformerClassifier(nn.Module):
             raise ValueError(f"a classifier needs at least 2 classes, got {n_classes}")
         self.config = config
         self.n_classes = n_classes
-        self.encoder = Encoder(config, ScaledEmbedding(config.vocab_size, config.d_model))
+        self.encoder = Encoder(
+            config, ScaledEmbedding(config.vocab_size, config.d_model, config.scale_embedding)
+        )
         self.dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.d_model, n_classes)
         init_linear_layers(self.encoder.layers, self.head)

@@ -19,10 +19,12 @@ class ScaledEmbedding(nn.Module):
     embeddings are shared.
     """
 
-    def __init__(self, vocab_size: int, d_model: int):
+    def __init__(self, vocab_size: int, d_model: int, scaled: bool = True):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(vocab_size, d_model))
-        self.scale = math.sqrt(d_model)
+        # scaled=False (an ablation): the embedding enters at std d_model^-0.5, small beside the
+        # unit-amplitude sinusoids added to it.
+        self.scale = math.sqrt(d_model) if scaled else 1.0
         nn.init.normal_(self.weight, mean=0.0, std=d_model**-0.5)
 
     def forward(self, ids: Tensor) -> Tensor:

@@ -4,7 +4,9 @@ Shapes: B batch, S source length, T target length, D d_model.
 
 Each sub-layer is wrapped as the paper does, ``LayerNorm(x + Dropout(Sublayer(x)))`` ("post"), or,
 as an option that is not the paper, ``x + Dropout(Sublayer(LayerNorm(x)))`` ("pre"; the stack then
-ends with one final LayerNorm, see transformer.py).
+ends with one final LayerNorm, see transformer.py). Options for the learners' questions replace
+LayerNorm (RMSNorm, BatchNorm over real tokens: norms.py), ReLU (GELU), or drop the residual
+connection ``x +``.
 """
 
 from __future__ import annotations
@@ -16,33 +18,53 @@ from torch import Tensor, nn
 
 from transformer.model.attention import MultiHeadAttention, causal_mask
 from transformer.model.cache import LayerCache
+from transformer.model.norms import apply_norm, make_norm
 
 
 class FeedForward(nn.Module):
-    """FFN(x) = max(0, x W_1 + b_1) W_2 + b_2."""
+    """FFN(x) = max(0, x W_1 + b_1) W_2 + b_2 (ReLU, the paper), or with GELU in place of max(0, .)."""
 
-    def __init__(self, d_model: int, d_ff: int):
+    def __init__(self, d_model: int, d_ff: int, activation: str = "relu"):
         super().__init__()
         self.linear1 = nn.Linear(d_model, d_ff)
         self.linear2 = nn.Linear(d_ff, d_model)
+        self.gelu = activation == "gelu"
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.linear2(self.linear1(x).relu())
+        h = self.linear1(x)
+        return self.linear2(nn.functional.gelu(h) if self.gelu else h.relu())
 
 
 class SublayerConnection(nn.Module):
-    """Residual connection, dropout and LayerNorm around one sub-layer, post- or pre-norm."""
+    """Residual connection, dropout and normalisation around one sub-layer, post- or pre-norm.
 
-    def __init__(self, d_model: int, dropout: float, norm_position: str, eps: float):
+    `mask` (B, T) marks the real tokens for BatchNorm (the other norms ignore it); with
+    `residual` False the ``x +`` is left out.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        dropout: float,
+        norm_position: str,
+        eps: float,
+        norm: str = "layer",
+        residual: bool = True,
+    ):
         super().__init__()
-        self.norm = nn.LayerNorm(d_model, eps=eps)
+        self.norm = make_norm(norm, d_model, eps)
         self.dropout = nn.Dropout(dropout)
         self.pre = norm_position == "pre"
+        self.residual = residual
 
-    def forward(self, x: Tensor, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
+    def forward(
+        self, x: Tensor, sublayer: Callable[[Tensor], Tensor], mask: Tensor | None = None
+    ) -> Tensor:
         if self.pre:
-            return x + self.dropout(sublayer(self.norm(x)))
-        return self.norm(x + self.dropout(sublayer(x)))
+            out = self.dropout(sublayer(apply_norm(self.norm, x, mask)))
+            return x + out if self.residual else out
+        out = self.dropout(sublayer(x))
+        return apply_norm(self.norm, x + out if self.residual else out, mask)
 
 
 @dataclass
@@ -73,20 +95,31 @@ class EncoderLayer(nn.Module):
         eps: float = 1e-5,
         scale_attention: bool = True,
         shared_query_key: bool = False,
+        norm: str = "layer",
+        activation: str = "relu",
+        residual: bool = True,
     ):
         super().__init__()
         ablations = dict(scale=scale_attention, shared_query_key=shared_query_key)
+        wrap = dict(norm=norm, residual=residual)
         self.self_attn = MultiHeadAttention(
             d_model, n_heads, d_k, d_v, attention_dropout, **ablations
         )
-        self.self_attn_sublayer = SublayerConnection(d_model, dropout, norm_position, eps)
-        self.feed_forward = FeedForward(d_model, d_ff)
-        self.feed_forward_sublayer = SublayerConnection(d_model, dropout, norm_position, eps)
+        self.self_attn_sublayer = SublayerConnection(d_model, dropout, norm_position, eps, **wrap)
+        self.feed_forward = FeedForward(d_model, d_ff, activation)
+        self.feed_forward_sublayer = SublayerConnection(
+            d_model, dropout, norm_position, eps, **wrap
+        )
 
     def forward(
-        self, x: Tensor, src_mask: Tensor | None, record: AttentionRecord | None = None
+        self,
+        x: Tensor,
+        src_mask: Tensor | None,
+        record: AttentionRecord | None = None,
+        tokens: Tensor | None = None,
     ) -> Tensor:
-        """x (B, S, D), src_mask (B, 1, 1, S) bool -> (B, S, D)."""
+        """x (B, S, D), src_mask (B, 1, 1, S) bool -> (B, S, D). `tokens` (B, S): the real
+        tokens, for BatchNorm's statistics (None: all)."""
 
         def self_attention(h: Tensor) -> Tensor:
             out, weights = self.self_attn(h, mask=src_mask, need_weights=record is not None)
@@ -94,8 +127,8 @@ class EncoderLayer(nn.Module):
                 record.encoder_self.append(weights)
             return out
 
-        x = self.self_attn_sublayer(x, self_attention)
-        return self.feed_forward_sublayer(x, self.feed_forward)
+        x = self.self_attn_sublayer(x, self_attention, tokens)
+        return self.feed_forward_sublayer(x, self.feed_forward, tokens)
 
 
 class DecoderLayer(nn.Module):
@@ -114,19 +147,25 @@ class DecoderLayer(nn.Module):
         eps: float = 1e-5,
         scale_attention: bool = True,
         shared_query_key: bool = False,
+        norm: str = "layer",
+        activation: str = "relu",
+        residual: bool = True,
     ):
         super().__init__()
         ablations = dict(scale=scale_attention, shared_query_key=shared_query_key)
+        wrap = dict(norm=norm, residual=residual)
         self.self_attn = MultiHeadAttention(
             d_model, n_heads, d_k, d_v, attention_dropout, **ablations
         )
-        self.self_attn_sublayer = SublayerConnection(d_model, dropout, norm_position, eps)
+        self.self_attn_sublayer = SublayerConnection(d_model, dropout, norm_position, eps, **wrap)
         self.cross_attn = MultiHeadAttention(
             d_model, n_heads, d_k, d_v, attention_dropout, **ablations
         )
-        self.cross_attn_sublayer = SublayerConnection(d_model, dropout, norm_position, eps)
-        self.feed_forward = FeedForward(d_model, d_ff)
-        self.feed_forward_sublayer = SublayerConnection(d_model, dropout, norm_position, eps)
+        self.cross_attn_sublayer = SublayerConnection(d_model, dropout, norm_position, eps, **wrap)
+        self.feed_forward = FeedForward(d_model, d_ff, activation)
+        self.feed_forward_sublayer = SublayerConnection(
+            d_model, dropout, norm_position, eps, **wrap
+        )
 
     def forward(
         self,
@@ -135,8 +174,10 @@ class DecoderLayer(nn.Module):
         src_mask: Tensor | None,
         cache: LayerCache | None = None,
         record: AttentionRecord | None = None,
+        tokens: Tensor | None = None,
     ) -> Tensor:
         """x (B, T, D) new target positions, memory (B, S, D), src_mask (B, 1, 1, S) -> (B, T, D).
+        `tokens` (B, T): the real target tokens, for BatchNorm's statistics (None: all).
 
         Without a cache, x is the whole target prefix and self-attention is causal. With a cache,
         x holds only the positions after those already cached: their keys/values are appended, and
@@ -171,6 +212,6 @@ class DecoderLayer(nn.Module):
                 record.cross.append(weights)
             return out
 
-        x = self.self_attn_sublayer(x, self_attention)
-        x = self.cross_attn_sublayer(x, cross_attention)
-        return self.feed_forward_sublayer(x, self.feed_forward)
+        x = self.self_attn_sublayer(x, self_attention, tokens)
+        x = self.cross_attn_sublayer(x, cross_attention, tokens)
+        return self.feed_forward_sublayer(x, self.feed_forward, tokens)

@@ -7,6 +7,8 @@ Ids use the project's fixed special tokens (transformer.vocab); masks are derive
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import Tensor, nn
 
 from transformer.config import ModelConfig
@@ -19,6 +21,7 @@ from transformer.model.embeddings import (
     TransformerEmbedding,
 )
 from transformer.model.layers import AttentionRecord, DecoderLayer, EncoderLayer
+from transformer.model.norms import apply_norm, make_norm
 
 
 def _positional(config: ModelConfig) -> nn.Module | None:
@@ -42,7 +45,22 @@ def _layer_kwargs(config: ModelConfig) -> dict:
         eps=config.layer_norm_eps,
         scale_attention=config.scale_attention,
         shared_query_key=config.shared_query_key,
+        norm=config.norm,
+        activation=config.activation,
+        residual=config.residual,
     )
+
+
+def _final_norm(config: ModelConfig) -> nn.Module | None:
+    """The norm closing a pre-norm stack (none in post-norm: each layer ends normalised)."""
+    if config.norm_position != "pre":
+        return None
+    return make_norm(config.norm, config.d_model, config.layer_norm_eps)
+
+
+def _batch_norm_tokens(module: Encoder | Decoder, real: Callable[[], Tensor]) -> Tensor | None:
+    """The real tokens (B, T), where a norm needs them: BatchNorm's statistics, in training."""
+    return real() if module.config.norm == "batch" and module.training else None
 
 
 def init_linear_layers(*stacks: nn.Module) -> None:
@@ -63,8 +81,8 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(
             EncoderLayer(**_layer_kwargs(config)) for _ in range(config.n_encoder_layers)
         )
-        pre = config.norm_position == "pre"
-        self.final_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if pre else None
+        self.config = config
+        self.final_norm = _final_norm(config)
 
     def forward(
         self, src_ids: Tensor, src_mask: Tensor, record: AttentionRecord | None = None
@@ -72,9 +90,10 @@ class Encoder(nn.Module):
         """src_ids (B, S), src_mask (B, S) bool -> memory (B, S, D)."""
         x = self.embed(src_ids)
         mask = key_mask(src_mask)  # (B, 1, 1, S)
+        tokens = _batch_norm_tokens(self, lambda: src_mask)
         for layer in self.layers:
-            x = layer(x, mask, record)
-        return self.final_norm(x) if self.final_norm is not None else x
+            x = layer(x, mask, record, tokens)
+        return x if self.final_norm is None else apply_norm(self.final_norm, x, tokens)
 
 
 class Decoder(nn.Module):
@@ -86,8 +105,8 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(
             DecoderLayer(**_layer_kwargs(config)) for _ in range(config.n_decoder_layers)
         )
-        pre = config.norm_position == "pre"
-        self.final_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if pre else None
+        self.config = config
+        self.final_norm = _final_norm(config)
 
     def forward(
         self,
@@ -101,12 +120,13 @@ class Decoder(nn.Module):
         offset = cache.length if cache is not None else 0
         x = self.embed(tgt_ids, offset)
         mask = key_mask(src_mask)  # (B, 1, 1, S)
+        tokens = _batch_norm_tokens(self, lambda: padding_mask(tgt_ids))
         for i, layer in enumerate(self.layers):
             layer_cache = cache.layer(i) if cache is not None else None
-            x = layer(x, memory, mask, layer_cache, record)
+            x = layer(x, memory, mask, layer_cache, record, tokens)
         if cache is not None:
             cache.length += tgt_ids.size(1)
-        return self.final_norm(x) if self.final_norm is not None else x
+        return x if self.final_norm is None else apply_norm(self.final_norm, x, tokens)
 
 
 class Transformer(nn.Module):
@@ -120,12 +140,13 @@ class Transformer(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        src_embedding = ScaledEmbedding(config.vocab_size, config.d_model)
+        scale = config.scale_embedding
+        src_embedding = ScaledEmbedding(config.vocab_size, config.d_model, scale)
         if config.share_embeddings:
             tgt_embedding = src_embedding
             self.output_projection = None  # logits use tgt_embedding.weight
         else:
-            tgt_embedding = ScaledEmbedding(config.vocab_size, config.d_model)
+            tgt_embedding = ScaledEmbedding(config.vocab_size, config.d_model, scale)
             self.output_projection = nn.Linear(config.d_model, config.vocab_size, bias=False)
             nn.init.normal_(self.output_projection.weight, std=config.d_model**-0.5)
         self.encoder = Encoder(config, src_embedding)
