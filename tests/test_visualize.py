@@ -131,6 +131,9 @@ def test_learned_positions_plot_the_learned_tables(learned_positions_model):
         positional_encoding_tables(model.config)
     with pytest.raises(ValueError, match="no positional encoding"):
         positional_encoding_tables(tiny_config(positional="none"))
+    for kind in ("relative", "rotary", "alibi"):  # positions inside attention: no table to plot
+        with pytest.raises(ValueError, match="inside its self-attention"):
+            positional_encoding_tables(Transformer(tiny_config(positional=kind)))
 
 
 def test_readable_tokens(copy_tokenizer):

@@ -222,7 +222,8 @@ Activation = Literal["relu", "gelu"]
 Norm = Literal["layer", "rms", "batch"]
 NormPosition = Literal["post", "pre"]
 Pooling = Literal["mean", "cls"]
-Positional = Literal["sinusoidal", "learned", "none"]
+Positional = Literal["sinusoidal", "learned", "none", "relative", "rotary", "alibi"]
+Scoring = Literal["dot", "additive"]
 
 
 @dataclass(frozen=True)
@@ -268,6 +269,20 @@ class ModelConfig:
     activation: Activation = "relu"
     scale_embedding: bool = True
     residual: bool = True
+    # Positions inside attention instead of added to the embeddings (positional: relative,
+    # rotary, alibi; not the paper, transformer.model.positions): no position vector is added to
+    # the token embeddings, and a position term enters the self-attention of the encoder and of
+    # the decoder only. Cross-attention gets none: its queries carry their positions through the
+    # decoder's self-attention, its keys through the encoder's. "relative": Shaw et al. (2018),
+    # learned key and value vectors per clipped distance j - i, per layer, shared by the heads;
+    # relative_clip is that clipping distance k (distances beyond +-k share a vector). "rotary":
+    # RoPE (Su et al. 2021), queries and keys rotated by their position (d_k must be even).
+    # "alibi": Press et al. (2022), a fixed penalty -m_h |i - j| on the logits of head h.
+    relative_clip: int = setting(16, ge=1)
+    # attention: how queries score keys, in every attention. "dot": scaled dot-product (the
+    # paper); "additive": w_h^T tanh(q_i + k_j) per head (Bahdanau et al. 2015), a learned w_h,
+    # no scale (so scale_attention must stay true); d_k times the memory of dot products.
+    attention: Scoring = "dot"
     # Classification only (TransformerClassifier; a translation model ignores it): how the
     # encoder's outputs become one vector: "mean" over the real tokens, or "cls", the output at a
     # classification token (<s>) put in front of every text (as BERT's [CLS]).
@@ -287,7 +302,24 @@ class ModelConfig:
                 f"d_model: {self.d_model} is not divisible by n_heads={self.n_heads}; "
                 "set d_k and d_v explicitly or choose a divisible d_model"
             ]
-        return []
+        problems = []
+        d_k = self.d_model // self.n_heads if self.d_k is None else self.d_k
+        if self.positional == "rotary" and d_k % 2 != 0:
+            given = (
+                ""
+                if self.d_k is not None
+                else f" (d_model {self.d_model} / n_heads {self.n_heads})"
+            )
+            problems.append(
+                f"d_k: positional: rotary rotates pairs of dimensions, so d_k must be even, "
+                f"got {d_k}{given}"
+            )
+        if self.attention == "additive" and not self.scale_attention:
+            problems.append(
+                "scale_attention: false drops the 1/sqrt(d_k) of dot-product attention; "
+                "attention: additive has no such scale (leave scale_attention true)"
+            )
+        return problems
 
     @classmethod
     def base(cls, vocab_size: int, **overrides: Any) -> ModelConfig:

@@ -50,6 +50,7 @@ from transformer.config import ConfigError, ModelConfig
 from transformer.io import atomic_write
 from transformer.model import Transformer, TransformerClassifier
 from transformer.model.embeddings import SinusoidalPositionalEncoding
+from transformer.model.positions import IN_ATTENTION
 
 if TYPE_CHECKING:
     from transformer.classifier import Classifier, Prediction
@@ -285,12 +286,18 @@ def positional_encoding_tables(
     the model adds): one table when both stacks use sinusoids (they are the same function), one
     per stack when the positions are learned. From a ModelConfig, only sinusoids can be computed
     (a learned table exists only in trained weights). n_positions defaults to 128, and is capped
-    at `max_positions` for learned tables. Raises ValueError for a model without positions.
+    at `max_positions` for learned tables. Raises ValueError for a model without
+    a positional table (none, or positions inside attention: relative, rotary, ALiBi).
     """
     config = model_or_config if isinstance(model_or_config, ModelConfig) else model_or_config.config
     if config.positional == "none":
         raise ValueError(
             "this model has no positional encoding (positional: none): nothing to plot"
+        )
+    if config.positional in IN_ATTENTION:
+        raise ValueError(
+            f"this model's positions live inside its self-attention (positional: "
+            f"{config.positional}), not in a table added to the embeddings: nothing to plot"
         )
     n = DEFAULT_POSITIONS if n_positions is None else n_positions
     if n < 1:

@@ -71,3 +71,19 @@ def test_export_never_replaces_the_model_or_an_unrelated_directory(copy_model_di
             export_ctranslate2(copy_model_dir, out)
     assert (unrelated / "keep.txt").read_text() == "precious"
     assert (copy_model_dir / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "start"),
+    [
+        ({"positional": "relative"}, "positional=relative"),
+        ({"positional": "rotary"}, "positional=rotary"),
+        ({"positional": "alibi"}, "positional=alibi"),
+        ({"attention": "additive"}, "attention=additive"),
+    ],
+)
+def test_positions_inside_attention_and_additive_attention_are_refused(overrides, start):
+    (problem,) = unsupported_options(tiny_config(**overrides))
+    assert problem.startswith(f"{start}: ")
+    both = unsupported_options(tiny_config(positional="alibi", attention="additive"))
+    assert [p.split(":")[0] for p in both] == ["positional=alibi", "attention=additive"]

@@ -169,7 +169,7 @@ def test_bad_options_are_named(small_data, tmp_path, capsys):
     config = write_config(tmp_path / "base.yaml", micro_config(small_data))
     base = ["--config", str(config), "--budget", "3", "--out", str(tmp_path)]
     for extra, message in (
-        (["--positional", "rotary"], "--positional: unknown rotary"),
+        (["--positional", "fourier"], "--positional: unknown fourier"),
         (["--max-source-length", "0"], "--max-source-length"),
         (["--bins", "20,10"], "--bins"),
         ([], "no test split"),  # small_data has train and valid only

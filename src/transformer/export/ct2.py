@@ -11,8 +11,9 @@ sources: specs/transformer_spec.py, src/layers/{transformer,attention_layer,comm
   start at position 1; ours are the paper's interleaved sin/cos starting at 0. So the table is
   always given explicitly (`position_encodings.encodings`, looked up at positions 0, 1, ...):
   our `sinusoid_table` for sinusoids (at least `MIN_SINUSOID_POSITIONS` rows), the learned
-  matrix for learned positions, zeros for `positional: none`. Its row count is the engine's hard length limit, written to
-  export.json; the Translator truncates longer inputs as it does for learned positions.
+  matrix for learned positions, zeros for `positional: none` (and for the kinds that live inside
+  attention, refused by `unsupported_options`). Its row count is the engine's hard length limit,
+  written to export.json; the Translator truncates longer inputs as it does for learned positions.
 - Embedding scale: `scale_embeddings = True` multiplies by sqrt(embedding width) = sqrt(d_model),
   before the positions are added, as `ScaledEmbedding` does.
 - Norm position: post-norm is `pre_norm=False` (LayerNorm(x + Sublayer(x)), no final LayerNorm);
@@ -85,7 +86,11 @@ def unsupported_options(config: ModelConfig) -> list[str]:
     - the feed-forward activation is a choice (ReLU or GELU map), the sqrt(d_model) embedding
       scale is a switch, post- and pre-norm, learned or explicit sinusoidal tables, shared or
       separate embeddings all map (see the module doc); dropout does not exist at inference;
-    - its Transformer layers always normalise with LayerNorm and always add the residual.
+    - its Transformer layers always normalise with LayerNorm and always add the residual;
+    - its attention scores are scaled dot products (no additive scoring); its encoder has no
+      ALiBi (offered for decoders only); it has relative (Shaw et al. 2018) and rotary positions
+      of its own, but this exporter writes absolute position tables only and does not map ours
+      onto them.
     """
     problems = []
     if config.norm != "layer":
@@ -111,6 +116,20 @@ def unsupported_options(config: ModelConfig) -> list[str]:
         problems.append(
             f"layer_norm_eps={config.layer_norm_eps!r}: CTranslate2 reads it as a float32, in "
             f"which it is not a positive normal number (use one >= {np.finfo(np.float32).tiny:.3g})"
+        )
+    if config.positional in ("relative", "rotary"):
+        problems.append(
+            f"positional={config.positional}: not exported; this exporter writes absolute "
+            "position tables only and does not map these positions onto CTranslate2's own"
+        )
+    if config.positional == "alibi":
+        problems.append(
+            "positional=alibi: CTranslate2's TransformerSpec has ALiBi in decoders only, "
+            "not in the encoder"
+        )
+    if config.attention == "additive":
+        problems.append(
+            "attention=additive: CTranslate2's attention layers score by dot products only"
         )
     return problems
 
@@ -198,7 +217,7 @@ def position_table(model: Transformer) -> Tensor:
     if config.positional == "learned":
         return model.encoder.embed.positional.weight
     rows = max(config.max_positions, MIN_SINUSOID_POSITIONS)
-    if config.positional == "none":  # the ablation without positions: a table of zeros
+    if config.positional != "sinusoidal":  # nothing added to the embeddings: a table of zeros
         return torch.zeros(rows, config.d_model)
     return sinusoid_table(rows, config.d_model)
 

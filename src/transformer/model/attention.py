@@ -4,6 +4,11 @@ Shapes: B batch, H heads, Tq query length, Tk key length, D d_model, d_k / d_v p
 
 Mask convention (the only one in the project): a boolean tensor, ``True`` = may attend. Masks are
 built from token ids here (`padding_mask`, `causal_mask`) and nowhere else.
+
+Options that are not the paper (see ModelConfig), each off by default: additive scoring (Bahdanau,
+Cho & Bengio 2015) in place of scaled dot products, and positions inside self-attention
+(positions.py: relative, rotary, ALiBi). With them off, attention is exactly the paper's and runs
+through the same calls (the fused kernel).
 """
 
 from __future__ import annotations
@@ -14,6 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from transformer.model.positions import (
+    AlibiPositions,
+    PositionModule,
+    RelativePositions,
+    RotaryPositions,
+)
 from transformer.vocab import PAD_ID
 
 
@@ -52,15 +63,86 @@ def reference_attention(
     if scale is None:
         scale = 1.0 / math.sqrt(q.size(-1))
     scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
+    weights = attention_weights(scores, mask, is_causal, dropout_p)
+    return weights @ v, weights  # (B, H, Tq, d_v), (B, H, Tq, Tk)
+
+
+def attention_weights(
+    scores: Tensor, mask: Tensor | None = None, is_causal: bool = False, dropout_p: float = 0.0
+) -> Tensor:
+    """softmax over the keys of scores (B, H, Tq, Tk), masked as `reference_attention` masks them
+    (the dtype's lowest finite value where not allowed), then attention dropout."""
     if is_causal:
-        causal = causal_mask(q.size(-2), k.size(-2), q.device)
+        causal = causal_mask(scores.size(-2), scores.size(-1), scores.device)
         mask = causal if mask is None else mask & causal
     if mask is not None:
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     weights = scores.softmax(dim=-1)
     if dropout_p > 0.0:
         weights = F.dropout(weights, p=dropout_p)
-    return weights @ v, weights  # (B, H, Tq, d_v), (B, H, Tq, Tk)
+    return weights
+
+
+def additive_scores(
+    q: Tensor, k: Tensor, score_vector: Tensor, key_term: Tensor | None = None
+) -> Tensor:
+    """Additive attention scores per head, w_h^T tanh(q_i + k_j) (Bahdanau, Cho & Bengio 2015).
+
+    q (B, H, Tq, d_k), k (B, H, Tk, d_k), score_vector w (H, d_k) -> (B, H, Tq, Tk); no scale.
+    `key_term` (Tq, Tk, d_k), when given, is added to every k_j inside the tanh (relative
+    positions' a^K_ij). The tanh is taken of every (query, key) pair: memory grows as
+    B * H * Tq * Tk * d_k, d_k times that of dot-product scores.
+    """
+    hidden = q.unsqueeze(-2) + k.unsqueeze(-3)  # (B, H, Tq, Tk, d_k)
+    if key_term is not None:
+        hidden = hidden + key_term.to(hidden.dtype)
+    w = score_vector.to(hidden.dtype)[None, :, None, :, None]  # (1, H, 1, d_k, 1)
+    return (hidden.tanh() @ w).squeeze(-1)
+
+
+def written_out_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None = None,
+    is_causal: bool = False,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+    *,
+    score_vector: Tensor | None = None,
+    positions: PositionModule | None = None,
+    offset: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """Attention with the options that are not the paper, written out; returns (output, weights).
+
+    Scores: scaled dot products as `reference_attention` (`scale`), or additive scores
+    (`additive_scores`, no scale) when `score_vector` is given. `positions` (self-attention only;
+    queries at offset.., keys at 0..): relative positions add q_i . a^K_ij (times the same scale,
+    or a^K_ij inside the tanh) to the scores and sum_j alpha_ij a^V_ij to the output; ALiBi adds
+    its bias to the scores; rotary positions are already in q and k and change nothing here.
+    Masking, softmax and dropout as in `reference_attention`.
+    """
+    t_q, t_k = q.size(-2), k.size(-2)
+    rows = None
+    if isinstance(positions, RelativePositions):
+        rows = positions.indices(offset, t_q, t_k, q.device)  # (Tq, Tk)
+    if score_vector is None:
+        if scale is None:
+            scale = 1.0 / math.sqrt(q.size(-1))
+        scores = q @ k.transpose(-2, -1)  # (B, H, Tq, Tk)
+        if rows is not None:
+            scores = scores + positions.key_logits(q, rows)
+        scores = scores * scale
+    else:
+        key_term = positions.key_vectors(rows) if rows is not None else None
+        scores = additive_scores(q, k, score_vector, key_term)
+    if isinstance(positions, AlibiPositions):
+        scores = scores + positions.bias(offset, t_q, t_k).to(scores.dtype)
+    weights = attention_weights(scores, mask, is_causal, dropout_p)
+    out = weights @ v  # (B, H, Tq, d_v)
+    if rows is not None:
+        out = out + positions.value_term(weights, rows).to(out.dtype)
+    return out, weights
 
 
 def written_out_is_faster(q: Tensor) -> bool:
@@ -89,6 +171,16 @@ class MultiHeadAttention(nn.Module):
 
     Two ablations, not the paper (see ModelConfig): `scale=False` drops the 1/sqrt(d_k), and
     `shared_query_key=True` projects keys with the query matrix (there is then no `k_proj`).
+
+    Two more options, not the paper, for self- and cross-attention alike or self-attention only:
+    - `scoring="additive"`: scores w_h^T tanh(q_i + k_j) (`additive_scores`), with W^Q and W^K in
+      the roles of Bahdanau's W and U and one learned vector w_h per head (`score_vector`,
+      (H, d_k)); no 1/sqrt(d_k). Written out (`written_out_attention`).
+    - `positions` (positions.py), for a self-attention: rotary positions rotate q and k in
+      `project_qkv` (before the decoder caches the keys) and keep the fused kernel; ALiBi passes
+      its bias to the fused kernel as a float mask; relative positions are written out. A
+      cross-attention has none (its queries and keys carry their positions from the self-
+      attentions below them).
     """
 
     def __init__(
@@ -100,8 +192,12 @@ class MultiHeadAttention(nn.Module):
         attention_dropout: float = 0.0,
         scale: bool = True,
         shared_query_key: bool = False,
+        scoring: str = "dot",
+        positions: PositionModule | None = None,
     ):
         super().__init__()
+        if scoring not in ("dot", "additive"):
+            raise ValueError(f"scoring must be 'dot' or 'additive', got {scoring!r}")
         self.n_heads, self.d_k, self.d_v = n_heads, d_k, d_v
         self.attention_dropout = attention_dropout
         self.scale: float | None = None if scale else 1.0  # None: the kernel's 1/sqrt(d_k)
@@ -109,6 +205,15 @@ class MultiHeadAttention(nn.Module):
         self.k_proj = None if shared_query_key else nn.Linear(d_model, n_heads * d_k)
         self.v_proj = nn.Linear(d_model, n_heads * d_v)
         self.out_proj = nn.Linear(n_heads * d_v, d_model)
+        # Options (not the paper): absent, and no parameter or state-dict entry, when off.
+        self.score_vector: nn.Parameter | None = None
+        if scoring == "additive":  # w_h, one per head; N(0, 1/d_k): scores of about unit size
+            self.score_vector = nn.Parameter(torch.randn(n_heads, d_k) * d_k**-0.5)
+        self.positions = positions
+        self.rotates = isinstance(positions, RotaryPositions)  # q and k rotated in project_qkv
+        # The paper's attention (rotary positions too: they live in q and k), through the calls
+        # it has always made; the other options take `_attend_with_options`.
+        self.plain = self.score_vector is None and (positions is None or self.rotates)
         # Concatenated projection weights, reused across calls when no gradient is needed (decoding).
         # A plain attribute, not a buffer: never in the state dict.
         self._fused: dict[str, tuple[tuple, Tensor, Tensor]] = {}
@@ -144,19 +249,27 @@ class MultiHeadAttention(nn.Module):
             self._fused[name] = cached
         return cached[1], cached[2]
 
-    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Self-attention projections of x (B, T, D) in one matmul -> q, k (B, H, T, d_k), v (B, H, T, d_v)."""
+    def project_qkv(self, x: Tensor, offset: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+        """Self-attention projections of x (B, T, D) in one matmul -> q, k (B, H, T, d_k), v (B, H, T, d_v).
+
+        With rotary positions, q and k come out rotated by their positions offset .. offset+T-1.
+        """
         if self.k_proj is None:  # shared query/key projection: the keys are the queries
             weight, bias = self._fused_linear("qv", (self.q_proj, self.v_proj))
             q, v = F.linear(x, weight, bias).split(
                 [self.n_heads * self.d_k, self.n_heads * self.d_v], dim=-1
             )
             q = self._heads(q, self.d_k)
+            if self.rotates:
+                q = self.positions.rotate(q, offset)
             return q, q, self._heads(v, self.d_v)
         weight, bias = self._fused_linear("qkv", (self.q_proj, self.k_proj, self.v_proj))
         hk = self.n_heads * self.d_k
         q, k, v = F.linear(x, weight, bias).split([hk, hk, self.n_heads * self.d_v], dim=-1)
-        return self._heads(q, self.d_k), self._heads(k, self.d_k), self._heads(v, self.d_v)
+        q, k, v = self._heads(q, self.d_k), self._heads(k, self.d_k), self._heads(v, self.d_v)
+        if self.rotates:
+            q, k = self.positions.rotate(q, offset), self.positions.rotate(k, offset)
+        return q, k, v
 
     def project_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
         """Keys and values of memory (B, S, D) in one matmul -> k (B, H, S, d_k), v (B, H, S, d_v)."""
@@ -179,10 +292,19 @@ class MultiHeadAttention(nn.Module):
         mask: Tensor | None = None,
         is_causal: bool = False,
         need_weights: bool = False,
+        offset: int = 0,
     ) -> tuple[Tensor, Tensor | None]:
-        """Attention over projected heads, then concat and W^O -> ((B, Tq, D), weights or None)."""
+        """Attention over projected heads, then concat and W^O -> ((B, Tq, D), weights or None).
+
+        `offset`: the position of the first query when this module has ALiBi or relative
+        positions (self-attention; the keys are at 0 .. Tk-1); ignored otherwise.
+        """
         dropout_p = self.attention_dropout if self.training else 0.0
-        if need_weights or written_out_is_faster(q):
+        if not self.plain:
+            out, weights = self._attend_with_options(
+                q, k, v, mask, is_causal, need_weights, offset, dropout_p
+            )
+        elif need_weights or written_out_is_faster(q):
             out, weights = reference_attention(q, k, v, mask, is_causal, dropout_p, self.scale)
             weights = weights if need_weights else None
         else:
@@ -193,6 +315,45 @@ class MultiHeadAttention(nn.Module):
         b, _, t, _ = out.shape
         out = out.transpose(1, 2).reshape(b, t, self.n_heads * self.d_v)  # (B, Tq, H*d_v)
         return self.out_proj(out), weights
+
+    def _attend_with_options(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        mask: Tensor | None,
+        is_causal: bool,
+        need_weights: bool,
+        offset: int,
+        dropout_p: float,
+    ) -> tuple[Tensor, Tensor | None]:
+        """(B, H, Tq, d_v) output and the weights (None unless asked) for additive scoring,
+        ALiBi or relative positions. Dot products with ALiBi use the fused kernel with the bias
+        as a float mask (the dtype's lowest finite value where not allowed), as the paper's
+        attention does; everything else, and every request for weights, is written out."""
+        alibi = self.positions if isinstance(self.positions, AlibiPositions) else None
+        if (
+            alibi is not None
+            and self.score_vector is None
+            and not need_weights
+            and not written_out_is_faster(q)
+        ):
+            t_q, t_k = q.size(-2), k.size(-2)
+            if is_causal:
+                causal = causal_mask(t_q, t_k, q.device)
+                mask = causal if mask is None else mask & causal
+            bias = alibi.bias(offset, t_q, t_k).to(q.dtype)  # (H, Tq, Tk)
+            if mask is not None:
+                bias = bias.masked_fill(~mask, torch.finfo(q.dtype).min)  # (B|1, H, Tq, Tk)
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=self.scale
+            )
+            return out, None
+        out, weights = written_out_attention(
+            q, k, v, mask, is_causal, dropout_p, self.scale,
+            score_vector=self.score_vector, positions=self.positions, offset=offset,
+        )  # fmt: skip
+        return out, weights if need_weights else None
 
     def forward(
         self,
@@ -205,9 +366,15 @@ class MultiHeadAttention(nn.Module):
         """Self-attention when `key_value` is None, else attention of `query` over `key_value`.
 
         query (B, Tq, D), key_value (B, Tk, D), mask bool broadcastable to (B, H, Tq, Tk).
+        Positions (`positions`) belong to self-attention: queries and keys both at 0 .. T-1.
         """
         if key_value is None:
             q, k, v = self.project_qkv(query)
+        elif self.positions is not None:
+            raise ValueError(
+                f"this attention has {self.positions.kind} positions, which belong to "
+                "self-attention; call it without key_value"
+            )
         else:
             q = self.project_q(query)
             k, v = self.project_kv(key_value)

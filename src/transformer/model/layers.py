@@ -6,7 +6,8 @@ Each sub-layer is wrapped as the paper does, ``LayerNorm(x + Dropout(Sublayer(x)
 as an option that is not the paper, ``x + Dropout(Sublayer(LayerNorm(x)))`` ("pre"; the stack then
 ends with one final LayerNorm, see transformer.py). Options for the learners' questions replace
 LayerNorm (RMSNorm, BatchNorm over real tokens: norms.py), ReLU (GELU), or drop the residual
-connection ``x +``.
+connection ``x +``; others score attention additively, or put positions inside self-attention
+(relative, rotary, ALiBi: positions.py), the encoder's and the decoder's, never cross-attention.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 from transformer.model.attention import MultiHeadAttention, causal_mask
 from transformer.model.cache import LayerCache
 from transformer.model.norms import apply_norm, make_norm
+from transformer.model.positions import make_positions
 
 
 class FeedForward(nn.Module):
@@ -98,13 +100,19 @@ class EncoderLayer(nn.Module):
         norm: str = "layer",
         activation: str = "relu",
         residual: bool = True,
+        positional: str = "sinusoidal",
+        relative_clip: int = 16,
+        attention: str = "dot",
     ):
         super().__init__()
-        ablations = dict(scale=scale_attention, shared_query_key=shared_query_key)
+        ablations = dict(
+            scale=scale_attention, shared_query_key=shared_query_key, scoring=attention
+        )
         wrap = dict(norm=norm, residual=residual)
         self.self_attn = MultiHeadAttention(
-            d_model, n_heads, d_k, d_v, attention_dropout, **ablations
-        )
+            d_model, n_heads, d_k, d_v, attention_dropout, **ablations,
+            positions=make_positions(positional, n_heads, d_k, d_v, relative_clip),
+        )  # fmt: skip
         self.self_attn_sublayer = SublayerConnection(d_model, dropout, norm_position, eps, **wrap)
         self.feed_forward = FeedForward(d_model, d_ff, activation)
         self.feed_forward_sublayer = SublayerConnection(
@@ -150,14 +158,22 @@ class DecoderLayer(nn.Module):
         norm: str = "layer",
         activation: str = "relu",
         residual: bool = True,
+        positional: str = "sinusoidal",
+        relative_clip: int = 16,
+        attention: str = "dot",
     ):
         super().__init__()
-        ablations = dict(scale=scale_attention, shared_query_key=shared_query_key)
+        ablations = dict(
+            scale=scale_attention, shared_query_key=shared_query_key, scoring=attention
+        )
         wrap = dict(norm=norm, residual=residual)
         self.self_attn = MultiHeadAttention(
-            d_model, n_heads, d_k, d_v, attention_dropout, **ablations
-        )
+            d_model, n_heads, d_k, d_v, attention_dropout, **ablations,
+            positions=make_positions(positional, n_heads, d_k, d_v, relative_clip),
+        )  # fmt: skip
         self.self_attn_sublayer = SublayerConnection(d_model, dropout, norm_position, eps, **wrap)
+        # No position term in cross-attention: the queries carry their positions from the
+        # decoder's self-attention, the keys from the encoder's.
         self.cross_attn = MultiHeadAttention(
             d_model, n_heads, d_k, d_v, attention_dropout, **ablations
         )
@@ -186,7 +202,9 @@ class DecoderLayer(nn.Module):
         need = record is not None
 
         def self_attention(h: Tensor) -> Tensor:
-            q, k, v = self.self_attn.project_qkv(h)  # (B, H, T, d_k|d_v)
+            # The new positions start after the cached ones (rotary: k rotated before caching).
+            offset = 0 if cache is None else cache.length
+            q, k, v = self.self_attn.project_qkv(h, offset)  # (B, H, T, d_k|d_v)
             if cache is None:
                 out, weights = self.self_attn.attend(q, k, v, is_causal=True, need_weights=need)
             else:
@@ -194,7 +212,9 @@ class DecoderLayer(nn.Module):
                 t_q, t_k = q.size(2), k.size(2)
                 # One new position may see every cached one; several need a causal offset mask.
                 mask = None if t_q == 1 else causal_mask(t_q, t_k, q.device)
-                out, weights = self.self_attn.attend(q, k, v, mask, need_weights=need)
+                out, weights = self.self_attn.attend(
+                    q, k, v, mask, need_weights=need, offset=offset
+                )
             if record is not None:
                 record.decoder_self.append(weights)
             return out

@@ -3,6 +3,10 @@
 Shapes: B batch, S source length, T target length, D d_model, V vocabulary.
 Ids use the project's fixed special tokens (transformer.vocab); masks are derived from ids via
 `padding_mask` (True = real token).
+
+Positions: absolute vectors added to the embeddings (sinusoidal, the paper, or learned), none at
+all, or (`positional` relative, rotary, alibi) terms inside the self-attention of both stacks,
+with nothing added to the embeddings and nothing in cross-attention (positions.py).
 """
 
 from __future__ import annotations
@@ -22,10 +26,14 @@ from transformer.model.embeddings import (
 )
 from transformer.model.layers import AttentionRecord, DecoderLayer, EncoderLayer
 from transformer.model.norms import apply_norm, make_norm
+from transformer.model.positions import IN_ATTENTION
 
 
 def _positional(config: ModelConfig) -> nn.Module | None:
+    """The absolute position vectors added to the embeddings (None: nothing is added)."""
     if config.positional == "none":  # an ablation: the model sees a bag of tokens
+        return None
+    if config.positional in IN_ATTENTION:  # relative, rotary, ALiBi: inside self-attention
         return None
     if config.positional == "learned":
         return LearnedPositionalEmbedding(config.d_model, config.max_positions)
@@ -48,6 +56,9 @@ def _layer_kwargs(config: ModelConfig) -> dict:
         norm=config.norm,
         activation=config.activation,
         residual=config.residual,
+        positional=config.positional,
+        relative_clip=config.relative_clip,
+        attention=config.attention,
     )
 
 
