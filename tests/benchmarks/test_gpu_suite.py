@@ -114,7 +114,9 @@ def test_decode_and_engine_rows(tiny_run: Path) -> None:
     for method in ("greedy", "beam 4"):
         assert {(method, "ours"), (method, "ours, no cache")} <= decoders
     assert all(r["tokens_per_s"] > 0 for r in decode["rows"])
-    assert all(r["same_tokens_as_ours"] for r in decode["rows"] if r["decoder"] != "ours")
+    # the uncached decoder decodes exactly what the cached one does (Marian, present where
+    # transformers is installed, has random weights: its tokens are not compared)
+    assert all(r["same_tokens_as_ours"] for r in decode["rows"] if r["decoder"] == "ours, no cache")
 
     engine = step(tiny_run, "engine_speed")["result"]
     assert engine["errors"] == {} and engine["skipped"] == {}

@@ -40,6 +40,7 @@ def micro_config(data_dir: Path, **sections: dict[str, Any]) -> dict[str, Any]:
             "keep_last": 10,
             "best_metric": "loss",
             "progress": True,
+            "precision": "fp32",  # exact comparisons (auto would choose bf16 on an AMX CPU)
         },
     }
     for name, values in sections.items():
