@@ -1,5 +1,7 @@
 """`transformer study`: the derived rows have the intended sizes; every row trains and is reported;
-finished rows are kept on a re-run; a failing row is reported and the others go on."""
+finished rows are kept on a re-run; a failing row is reported and the others go on; seeds are
+trained where the verdict needs them and aggregated; learning curves are recorded; the verdict
+rule gives each of its outcomes."""
 
 from __future__ import annotations
 
@@ -13,10 +15,19 @@ import torch
 from tests.training.conftest import micro_config, write_config
 from transformer import Transformer
 from transformer.cli import main
+from transformer.io import atomic_write_json
 from transformer.study import rows as study_rows_module
 from transformer.study import runner
-from transformer.study.rows import question_rows, study_rows, table3_rows
-from transformer.study.runner import Budget
+from transformer.study.report import markdown_table, results_csv, verdict, verdicts
+from transformer.study.rows import (
+    BASE_ROW,
+    EXPECTATIONS,
+    Row,
+    question_rows,
+    study_rows,
+    table3_rows,
+)
+from transformer.study.runner import Budget, RowOutcome, SeedRun, curve_every, needs_more_seeds
 from transformer.training.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,21 +83,285 @@ def test_rows_that_cannot_exist_or_repeat_the_base_are_left_out_with_a_reason():
     assert any(n.startswith("A2") and "not possible" in n for n in notes)
 
 
+def test_table3_rows_expect_what_the_papers_perplexities_show():
+    rows, _ = table3_rows(load_config(REPO / "configs" / "multi30k.yaml"))
+    expect = {r.key: r.expect for r in rows}
+    # 5.29, 5.00, 4.91, 5.01 against the base's 4.92; label smoothing 0 *lowers* perplexity (4.67)
+    assert [expect[k] for k in ("A1", "A2", "A3", "A4")] == [
+        "base better",
+        "base better",
+        "similar",
+        "base better",
+    ]
+    assert [expect[k] for k in ("B1", "B2", "C1", "C4", "C5", "C7")] == [
+        "base better", "base better", "base better", "base better", "row better", "row better",
+    ]  # fmt: skip
+    assert [expect[k] for k in ("D1", "D2", "D3", "D4", "E1")] == [
+        "base better", "similar", "row better", "base better", "similar",
+    ]  # fmt: skip
+
+
+QUESTION_CHANGES = {
+    "Q1": {"scale_attention": False},
+    "Q2": {"shared_query_key": True},
+    "Q3": {"norm_position": "pre"},
+    "Q4": {"label_smoothing": 0.0},
+    "Q5": {"positional": "none"},
+    "Q6": {"n_heads": 1, "d_k": 256, "d_v": 256},
+    "Q7": {"attention": "additive"},
+    "Q8": {"d_k": 256, "d_v": 256},
+    "Q9": {"scale_embedding": False},
+    "Q10": {"positional": "learned"},
+    "Q11": {"positional": "relative"},
+    "Q12": {"positional": "rotary"},
+    "Q13": {"positional": "alibi"},
+    "Q14": {"residual": False},
+    "Q15": {"n_encoder_layers": 6, "n_decoder_layers": 6},
+    "Q16": {"n_encoder_layers": 6, "n_decoder_layers": 6, "residual": False},
+    "Q17": {"norm": "batch"},
+    "Q18": {"norm": "rms"},
+    "Q19": {"activation": "gelu"},
+    "Q20": {"d_ff": 64},
+}
+
+
 def test_question_rows_reverse_one_decision_each():
-    base = load_config(REPO / "configs" / "multi30k.yaml")
-    rows, _ = question_rows(base)
+    base = load_config(REPO / "configs" / "multi30k.yaml")  # d_model 256, h 4, N 3
+    rows, notes = question_rows(base)
     changed = {r.key: {**r.model, **r.optim} for r in rows}
-    assert changed == {
-        "Q1": {"scale_attention": False},
-        "Q2": {"shared_query_key": True},
-        "Q3": {"norm_position": "pre"},
-        "Q4": {"label_smoothing": 0.0},
-        "Q5": {"positional": "none"},
-    }
-    with pytest.raises(ValueError, match="unknown Q9"):
-        study_rows("questions", base, ["Q9"])
+    assert changed == QUESTION_CHANGES
+    expect = {r.key: r.expect for r in rows}
+    assert expect["Q4"] == "row better"  # Table 3 (D): no smoothing, lower perplexity
+    assert [expect[k] for k in ("Q10", "Q18", "Q19")] == ["similar"] * 3
+    assert [expect[k] for k in ("Q14", "Q15", "Q16")] == [
+        "base better",
+        "row better",
+        "base better",
+    ]
+    assert all(r.question and r.description and r.expect in EXPECTATIONS for r in rows)
+    # Padding has no honest row: the question is left to the documentation, and said so.
+    assert any(n.startswith("padding") and "no row" in n for n in notes)
+    assert not any("left out" in n for n in notes)
+    # One head of d_model costs what h heads of d_model / h cost; h = 4 heads of d_model widen
+    # W^Q, W^K, W^V (with biases) and W^O of the 9 attentions from d to 4d columns (rows of W^O).
+    d = 256
+    by_key = {r.key: r for r in rows}
+    assert parameters(by_key["Q6"].apply(base)) == parameters(base)
+    assert parameters(by_key["Q8"].apply(base)) - parameters(base) == 9 * 3 * d * (3 * (d + 1) + d)
+    with pytest.raises(ValueError, match="unknown Q21"):
+        study_rows("questions", base, ["Q21"])
     assert [r.key for r in study_rows("table3", base, ["b", "E"])[0]] == ["base", "B1", "B2", "E1"]
     assert [r.key for r in study_rows("questions", base, ["base"])[0]] == ["base"]
+    assert [r.key for r in study_rows("questions", base, ["q7", "Q20"])[0]] == ["base", "Q7", "Q20"]
+
+
+@pytest.mark.parametrize("config", ["study-multi30k.yaml", "multi30k.yaml"])
+def test_every_question_row_is_distinct_and_valid_with_the_shipped_configs(config):
+    base = load_config(REPO / "configs" / config)
+    rows, notes = question_rows(base)
+    assert [r.key for r in rows] == [f"Q{i}" for i in range(1, 21)]
+    signatures = {study_rows_module._signature(r.apply(base)) for r in rows}
+    assert len(signatures) == len(rows) and study_rows_module._signature(base) not in signatures
+    for r in rows:  # a valid model of the changed options (ModelConfig checks them)
+        config_of_row = r.apply(base).model_config(1000)
+        for name, value in r.model.items():
+            assert getattr(config_of_row, name) == value
+    assert len(notes) == 1  # the padding note only: nothing left out
+
+
+def test_question_rows_that_repeat_the_base_or_cannot_exist_are_left_out():
+    overrides = ["model.n_heads=1", "model.attention=additive", "model.positional=learned"]
+    base = load_config(REPO / "configs" / "multi30k.yaml", overrides)
+    rows, notes = question_rows(base)
+    keys = {r.key for r in rows}
+    assert not keys & {"Q1", "Q6", "Q8", "Q7", "Q10"}
+    assert any(n.startswith("Q1") and "invalid" in n for n in notes)  # additive has no scale
+    assert all(any(n.startswith(k + " ") and "identical" in n for n in notes) for k in ("Q6", "Q8"))
+
+
+def test_every_question_row_trains_a_step_with_a_micro_model(small_data):
+    """Every row builds, and a forward and backward pass gives a finite loss and gradients (the
+    end-to-end test trains a few of them for real)."""
+    from transformer.data.batching import collate
+    from transformer.data.dataset import load_split
+    from transformer.training.config import parse_config
+    from transformer.training.loss import label_smoothed_nll_loss
+
+    base = parse_config(micro_config(small_data), where="micro")
+    data = load_split(small_data, "valid")
+    batch = collate([data[i] for i in range(4)])
+    rows, _ = question_rows(base)
+    assert len(rows) == 20
+    for r in rows:
+        torch.manual_seed(0)
+        model = Transformer(r.apply(base).model_config(400))
+        loss, _ = label_smoothed_nll_loss(model(batch.src, batch.tgt_in), batch.tgt_out, 0.1)
+        loss.backward()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        assert torch.isfinite(loss) and grads and all(torch.isfinite(g).all() for g in grads), r.key
+
+
+def test_the_verdict_rule_gives_each_outcome():
+    base = [10.0, 10.4]  # mean 10.2, range 0.4
+    table = [
+        # (row's perplexities over seeds, expectation, verdict)
+        ([11.0], "base better", "reproduced"),  # d = +0.8 beyond the base's range
+        ([9.0], "base better", "contradicted"),  # the row is better
+        ([10.5], "base better", "within noise"),  # |d| = 0.3 <= 0.4
+        ([9.5, 9.6], "row better", "reproduced"),  # d = -0.65
+        ([10.8, 11.0], "row better", "contradicted"),
+        ([9.0, 10.6], "row better", "within noise"),  # d = -0.4 but the row's range is 1.6
+        ([10.1], "similar", "reproduced"),
+        ([10.1, 10.3, 10.5], "similar", "reproduced"),
+        ([11.0], "similar", "contradicted"),
+        ([8.0], "similar", "contradicted"),
+        ([], "base better", ""),  # no result, no verdict
+    ]
+    assert [verdict(ppl, base, expect) for ppl, expect, _ in table] == [v for *_, v in table]
+    # One base seed measures no noise, whatever the row.
+    assert {verdict(ppl, base[:1], expect) for ppl, expect, _ in table[:-1]} == {
+        "noise not measured"
+    }
+    assert verdict([11.0], [], "base better") == "noise not measured"
+
+
+def fake_result(config, key: str, ppl: float, bleu: float | None = 20.0, curve=None):
+    """A result.json as `train_row` writes it, with made-up numbers."""
+    return {
+        "key": key,
+        "group": "",
+        "description": "",
+        "seed": config.train.seed,
+        "updates": 8,
+        "epochs": 1,
+        "train_minutes": 0.1,
+        "parameters": 1000,
+        "valid_loss": 2.0,
+        "valid_ppl": ppl,
+        "valid_bleu": bleu,
+        "tokens_per_s": 1.0,
+        "curve": curve if curve is not None else [[4, ppl * 2], [8, ppl]],
+        "model": config.model_config(400).to_dict(),
+        "config": config.to_dict(),
+    }
+
+
+def synthetic_outcomes(ppl: dict[str, list[float]], expect: dict[str, str]):
+    base = load_config(REPO / "configs" / "multi30k.yaml")
+    rows = [BASE_ROW] + [Row(k, "Q", f"row {k}", {"d_ff": 512}, expect=expect[k]) for k in expect]
+    outcomes = []
+    for row in rows:
+        runs = []
+        for i, value in enumerate(ppl[row.key], start=1):
+            config = runner.row_config(row, base, Budget(updates=8), i, 2)
+            runs.append(SeedRun(i, i, fake_result(config, row.key, value)))
+        outcomes.append(RowOutcome(row, runs))
+    return outcomes
+
+
+def test_the_report_shows_spreads_expectations_and_verdicts():
+    ppl = {"base": [10.0, 10.2, 10.4], "Q1": [12.0], "Q2": [10.3, 10.1, 10.2], "Q3": [7.0, 7.2]}
+    expect = {"Q1": "base better", "Q2": "similar", "Q3": "base better"}
+    outcomes = synthetic_outcomes(ppl, expect)
+    assert verdicts(outcomes) == {
+        "base": "",
+        "Q1": "reproduced",
+        "Q2": "reproduced",
+        "Q3": "contradicted",
+    }
+    markdown = markdown_table("questions", outcomes, Budget(updates=8), [], "")
+    lines = {line.split(" | ")[0]: line for line in markdown.splitlines() if line.startswith("| ")}
+    assert "| seeds | expected | verdict |" in lines["| row"]
+    assert "| 10.20 ± 0.20 [10.00–10.40] |" in lines["| base"]  # mean ± std [min–max]
+    assert lines["| Q1"].endswith("| 12.00 | 20.0 | 0.00 | 1 | base better | reproduced |")
+    assert "| 7.10 [7.00–7.20] |" in lines["| Q3"] and lines["| Q3"].endswith("| contradicted |")
+    table = {r["key"]: r for r in csv.DictReader(results_csv(outcomes).splitlines())}
+    assert [table[k]["seeds"] for k in ("base", "Q1", "Q2", "Q3")] == ["3", "1", "3", "2"]
+    assert (table["base"]["valid_ppl_min"], table["base"]["valid_ppl_max"]) == ("10", "10.4")
+    assert float(table["base"]["valid_ppl_std"]) == pytest.approx(0.2)
+    assert table["Q3"]["valid_ppl_std"] == "" and table["Q1"]["valid_ppl_min"] == ""
+    assert table["Q3"]["verdict"] == "contradicted" and table["Q3"]["expect"] == "base better"
+    # The mean learning curve: seeds averaged update by update.
+    assert outcomes[0].curve() == [(4, pytest.approx(20.4)), (8, pytest.approx(10.2))]
+    one = synthetic_outcomes({"base": [10.0], "Q1": [12.0]}, {"Q1": "base better"})
+    assert "noise not measured" in markdown_table("table3", one, Budget(updates=8), [], "")
+
+
+def test_curve_points_are_evenly_spaced_over_an_update_budget():
+    assert curve_every(Budget(updates=8), 4) == 2  # 2, 4, 6, 8
+    assert curve_every(Budget(updates=300), 8) == 38  # 38, ..., 266 and the end: 8 points
+    assert curve_every(Budget(updates=2), 8) == 1  # fewer updates than points: every update
+    assert curve_every(Budget(updates=300), 0) == 0
+    assert curve_every(Budget(minutes=5), 8) == 0  # the trainer validates by updates only
+
+
+def test_which_rows_get_more_seeds():
+    base = [10.0, 10.2, 10.4]  # mean 10.2, range 0.4: rows within 0.8 of 10.2
+    assert needs_more_seeds(11.0, base) and needs_more_seeds(9.4, base)
+    assert not needs_more_seeds(11.1, base) and not needs_more_seeds(9.3, base)
+    assert not needs_more_seeds(10.2, base[:1])  # one base seed: no range to compare with
+
+
+def test_seeds_are_trained_where_the_verdict_needs_them(tmp_path, monkeypatch):
+    """The base with every seed, the others with the first, and all seeds only for a row close
+    to the base (here with made-up results instead of training)."""
+    base = load_config(REPO / "configs" / "multi30k.yaml")
+    ppl = {("base", 1): 10.0, ("base", 2): 10.2, ("base", 3): 10.4,
+           ("A", 1): 10.9, ("A", 2): 11.0, ("A", 3): 11.1, ("B", 1): 15.0}  # fmt: skip
+    trained: list[tuple[str, int]] = []
+
+    def fake_train_row(row, config, row_dir, log):
+        index = config.train.seed - 6  # the first seed is 7
+        trained.append((row.key, index))
+        result = fake_result(config, row.key, ppl[row.key, index])
+        row_dir.mkdir(parents=True)
+        atomic_write_json(row_dir / runner.RESULT, result)
+        return result
+
+    monkeypatch.setattr(runner, "train_row", fake_train_row)
+    rows = [BASE_ROW, Row("A", "Q", "close to the base"), Row("B", "Q", "far from it")]
+    outcomes = runner.run_rows(rows, base, tmp_path, Budget(updates=8), 7, seeds=3)
+    assert sorted(trained) == [("A", 1), ("A", 2), ("A", 3), ("B", 1), ("base", 1), ("base", 2),
+                               ("base", 3)]  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "rows").iterdir()) == [
+        "A", "A-s2", "A-s3", "B", "base", "base-s2", "base-s3",
+    ]  # fmt: skip
+    assert [[r.seed for r in o.runs] for o in outcomes] == [[7, 8, 9], [7, 8, 9], [7]]
+    assert outcomes[1].ppl.mean == pytest.approx(11.0) and outcomes[1].ppl.range == pytest.approx(
+        0.2
+    )
+    assert verdicts(outcomes) == {"base": "", "A": "reproduced", "B": "reproduced"}
+
+    # Run again: every seed is kept; with --seeds-all the far row gets its other seeds too.
+    trained.clear()
+    outcomes = runner.run_rows(rows, base, tmp_path, Budget(updates=8), 7, seeds=3)
+    assert trained == [] and all(o.skipped for o in outcomes)
+    ppl.update({("B", 2): 15.1, ("B", 3): 15.2})
+    runner.run_rows(rows, base, tmp_path, Budget(updates=8), 7, seeds=3, seeds_all=True)
+    assert sorted(trained) == [("B", 2), ("B", 3)]
+    outcomes = runner.run_rows(rows, base, tmp_path, Budget(updates=8), 7, seeds=3)
+    assert [len(o.runs) for o in outcomes] == [3, 3, 3]  # seeds trained earlier still count
+
+
+def test_a_row_finished_before_learning_curves_is_still_recognised(tmp_path):
+    """Validation settings do not change what a row learns: a result.json written with one
+    validation at the end (valid_every 0, BLEU by the trainer) is kept; another seed is not."""
+    base = load_config(REPO / "configs" / "multi30k.yaml")
+    config = runner.row_config(BASE_ROW, base, Budget(updates=8), 1, curve_points=8)
+    older = config.replace("train", valid_every=0, valid_bleu=True)
+    row_dir = tmp_path / "base"
+    row_dir.mkdir()
+    result = fake_result(older, "base", 10.0)
+    del result["curve"]
+    atomic_write_json(row_dir / runner.RESULT, result)
+    assert runner.finished_result(row_dir, config) == result
+    assert runner.finished_result(row_dir, config.replace("train", seed=2)) is None
+    outcome = RowOutcome(BASE_ROW, [SeedRun(1, 1, result, skipped=True)])
+    assert outcome.curve() == [(8, 10.0)]  # the final point only
+    newer = fake_result(config.replace("train", seed=2), "base", 12.0)  # [[4, 24.0], [8, 12.0]]
+    outcome.runs.append(SeedRun(2, 2, newer))
+    assert outcome.curve() == [(4, 24.0), (8, 12.0)]  # the seeds with a curve make it
+    assert outcome.ppl.mean == pytest.approx(11.0)  # all seeds make the result
 
 
 @pytest.mark.parametrize(
@@ -102,6 +377,15 @@ def test_budget_is_updates_or_minutes(text, expected):
 def test_bad_budgets_are_refused(text):
     with pytest.raises(ValueError, match="--budget"):
         Budget.parse(text)
+
+
+@pytest.mark.parametrize("option", [["--seeds", "0"], ["--curve-points", "-1"], ["--jobs", "-1"]])
+def test_bad_counts_are_refused(option, tmp_path, capsys):
+    config = REPO / "configs" / "study-multi30k.yaml"
+    args = ["study", "questions", "--config", str(config), "--budget", "2", "--out", str(tmp_path)]
+    assert main([*args, *option]) == 2
+    assert f"{option[0]} must be >= " in capsys.readouterr().err
+    assert not (tmp_path / "rows").exists()
 
 
 def study_config(tmp_path: Path, data: Path) -> Path:
@@ -124,19 +408,24 @@ def test_every_row_of_both_studies_runs_and_is_reported(small_data, tmp_path, mo
         expected = [r.key for r in study_rows(study, load_config(config))[0]]
         table = read_csv(out / "results.csv")
         assert [r["key"] for r in table] == expected
-        assert len(expected) == (16 if study == "table3" else 6)  # A2 is A1 (h=1); C1, C2 too
+        assert len(expected) == (16 if study == "table3" else 21)  # A2 is A1 (h=1); C1, C2 too
         for r in table:
-            assert r["status"] == "trained" and r["updates"] == "2"
+            assert r["status"] == "trained" and r["updates"] == "2" and r["seeds"] == "1"
             assert float(r["valid_ppl"]) > 1 and r["valid_bleu"] != ""
+            assert r["verdict"] == ("" if r["key"] == "base" else "noise not measured")
             result = json.loads((out / "rows" / r["key"] / "result.json").read_text())
             assert int(r["parameters"]) == result["parameters"]
+            # 8 curve points asked of 2 updates: one validation per update, the last the final
+            assert [u for u, _ in result["curve"]] == [1, 2]
+            assert result["curve"][-1][1] == pytest.approx(result["valid_ppl"])
             model_config = load_config(config).model_config(400)
             if r["key"] == "base":
                 assert result["parameters"] == Transformer(model_config).num_parameters()
         markdown = (out / "results.md").read_text(encoding="utf-8")
         assert "| row | N | d_model | d_ff | h | d_k | d_v | P_drop | ε_ls |" in markdown
         assert markdown.count("\n| ") == len(expected) + 1  # header + one line per row
-        assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        for name in ("results.png", "curves.png"):
+            assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # A re-run trains nothing: every row is kept.
     def no_training(*args, **kwargs):
@@ -204,3 +493,36 @@ def test_a_larger_budget_continues_every_row(small_data, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "[base] resuming from" in err and "[E1] resuming from" in err
     assert [r["updates"] for r in read_csv(out / "results.csv")] == ["4", "4"]
+
+
+def test_seeds_and_learning_curves_of_real_rows(small_data, tmp_path, monkeypatch):
+    config = study_config(tmp_path, small_data)
+    out = tmp_path / "out"
+    args = ["study", "table3", "--config", str(config), "--out", str(out), "--rows", "E"]
+    args += ["--budget", "4", "--curve-points", "2", "--seeds", "2", "--seeds-all"]
+    assert main(args) == 0
+    assert sorted(p.name for p in (out / "rows").iterdir()) == ["E1", "E1-s2", "base", "base-s2"]
+    table = {r["key"]: r for r in read_csv(out / "results.csv")}
+    for key in ("base", "E1"):
+        results = [
+            json.loads((out / "rows" / name / "result.json").read_text())
+            for name in (key, f"{key}-s2")
+        ]
+        assert [r["seed"] for r in results] == [1, 2]
+        assert [[u for u, _ in r["curve"]] for r in results] == [[2, 4], [2, 4]]
+        ppl = [r["valid_ppl"] for r in results]
+        assert ppl[0] != ppl[1]  # another seed, another model
+        assert table[key]["seeds"] == "2"
+        assert float(table[key]["valid_ppl"]) == pytest.approx(sum(ppl) / 2, rel=1e-5)
+        assert float(table[key]["valid_ppl_min"]) == pytest.approx(min(ppl), rel=1e-5)
+        assert float(table[key]["valid_ppl_max"]) == pytest.approx(max(ppl), rel=1e-5)
+    assert table["E1"]["verdict"] in ("reproduced", "contradicted")  # E1 is expected "similar"
+    assert "seeds 1, 2" in (out / "results.md").read_text(encoding="utf-8")
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished row was trained again")
+
+    monkeypatch.setattr(runner, "train_row", no_training)
+    assert main(args) == 0
+    assert [r["status"] for r in read_csv(out / "results.csv")] == ["kept", "kept"]

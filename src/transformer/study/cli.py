@@ -5,13 +5,17 @@
     lengths             positional encodings on inputs longer than those seen in training
     heads               what each attention head of a model does, and what it is worth
 
-table3 and questions (`--config CONFIG.yaml --budget N|Nm --out DIR`) train one model per row for the same budget, evaluates each on the validation set (perplexity,
-and BLEU with beam 4, alpha 0.6, no checkpoint averaging, as the paper's Table 3) and writes
-OUT/results.csv, OUT/results.md (the paper's layout) and OUT/results.png. Re-running the same
-command skips finished rows and resumes an interrupted one.
+table3 and questions (`--config CONFIG.yaml --budget N|Nm --out DIR`) train one model per row
+for the same budget, validate each `--curve-points` times on the way (perplexity: the learning
+curve) and its final weights with BLEU (beam 4, alpha 0.6, no checkpoint averaging, as the
+paper's Table 3), and write OUT/results.csv, OUT/results.md (the paper's layout, with the
+expected direction of each row and the verdict), OUT/results.png and OUT/curves.png. With
+`--seeds N` the base is trained with N seeds, to measure the noise, and every row whose result
+lies close to the base with all N. Re-running the same command skips finished rows and resumes
+an interrupted one.
 
-    transformer study table3 --config configs/multi30k.yaml --budget 20m --out out/table3
-    transformer study questions --config configs/multi30k.yaml --budget 20m --out out/questions
+    transformer study table3 --config configs/study-multi30k.yaml --budget 400 --seeds 3 --out out/t3
+    transformer study questions --config configs/study-multi30k.yaml --budget 400 --seeds 3 --out out/q
 """
 
 from __future__ import annotations
@@ -46,7 +50,11 @@ STUDIES: dict[str, tuple[str | None, str]] = {
 HELP_ROWS = (
     "only these rows besides the base: Table 3 groups A,B,C,D,E, or question keys "
     "Q1 (unscaled dot products), Q2 (shared W^Q = W^K), Q3 (pre-norm), Q4 (no label smoothing), "
-    "Q5 (no positional encoding); 'base' alone for the base row only (e.g. with --seed)"
+    "Q5 (no positional encoding), Q6 (one head), Q7 (additive attention), Q8 (h heads of "
+    "d_model), Q9 (unscaled embeddings), Q10-Q13 (learned, relative, rotary, ALiBi positions), "
+    "Q14 (no residuals), Q15/Q16 (twice as deep with/without residuals), Q17 (BatchNorm), "
+    "Q18 (RMSNorm), Q19 (GELU), Q20 (d_ff = d_model/4), or Q for all of them; 'base' alone for "
+    "the base row only (e.g. with --seeds)"
 )
 
 
@@ -74,7 +82,32 @@ def add_row_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
     parser.add_argument("--rows", metavar="LIST", help=HELP_ROWS)
     parser.add_argument(
-        "--seed", type=int, default=None, help="seed of every row (default: the config's)"
+        "--seed",
+        type=int,
+        default=None,
+        help="the first seed, S (default: the config's); with --seeds N the seeds are S..S+N-1",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train the base with N seeds to measure the noise, and every other row with all N "
+        "when its perplexity lies within twice the base's range of the base (default 1: one "
+        "seed, no verdict); the run of row KEY with its i-th seed (i > 1) is OUT/rows/KEY-si",
+    )
+    parser.add_argument(
+        "--seeds-all",
+        action="store_true",
+        help="train every row with all --seeds seeds, not only those close to the base",
+    )
+    parser.add_argument(
+        "--curve-points",
+        type=int,
+        default=8,
+        metavar="P",
+        help="validate (perplexity) P times, evenly over an update budget, for the learning "
+        "curves (default 8; 0: only at the end; a time budget validates only at its end)",
     )
     parser.add_argument(
         "--jobs",
@@ -109,16 +142,30 @@ def run_rows_study(args: argparse.Namespace) -> int:
 
     gpus = torch.cuda.device_count() if base.train.device in ("auto", "cuda") else 0
     jobs = args.jobs or (gpus if gpus > 1 else 1)
-    if jobs < 1:
-        print(f"error: --jobs must be >= 1, got {jobs}", file=sys.stderr)
-        return 2
+    for name, value, least in (
+        ("--jobs", jobs, 1),
+        ("--seeds", args.seeds, 1),
+        ("--curve-points", args.curve_points, 0),
+    ):
+        if value < least:
+            print(f"error: {name} must be >= {least}, got {value}", file=sys.stderr)
+            return 2
     devices = [str(i % gpus) for i in range(jobs)] if gpus else ["cpu"] * jobs
     seed = base.train.seed if args.seed is None else args.seed
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    seeds = _seeds_text(seed, args.seeds)
     print(
         f"study {args.study}: {len(rows)} rows ({', '.join(r.key for r in rows)}), {budget} "
-        f"each, seed {seed}, {jobs} at a time; output in {out}",
+        f"each, {seeds}"
+        + (
+            ""
+            if args.seeds == 1
+            else " for every row"
+            if args.seeds_all
+            else " for the base (the others: the first, all where close to the base)"
+        )
+        + f", {jobs} at a time; output in {out}",
         file=sys.stderr,
     )
     for note in notes:
@@ -126,7 +173,18 @@ def run_rows_study(args: argparse.Namespace) -> int:
     from transformer.study.runner import RowInterrupted
 
     try:
-        outcomes = run_rows(rows, base, out, budget, seed, jobs=jobs, devices=devices)
+        outcomes = run_rows(
+            rows,
+            base,
+            out,
+            budget,
+            seed,
+            jobs=jobs,
+            devices=devices,
+            seeds=args.seeds,
+            seeds_all=args.seeds_all,
+            curve_points=args.curve_points,
+        )
     except (RowInterrupted, KeyboardInterrupt):
         print(
             "interrupted: finished rows are kept and the current one resumes; re-run the same "
@@ -137,7 +195,7 @@ def run_rows_study(args: argparse.Namespace) -> int:
     context = f"Base config {args.config}" + (
         f" with {', '.join(args.overrides)}" if args.overrides else ""
     )
-    context += f"; seed {seed}; validation split {base.data.valid_split} of {base.data.dir}."
+    context += f"; {seeds}; validation split {base.data.valid_split} of {base.data.dir}."
     paths = write_report(out, args.study, outcomes, budget, notes, context)
     print((out / "results.md").read_text(encoding="utf-8"))
     print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
@@ -151,3 +209,10 @@ def run_rows_study(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _seeds_text(first: int, n: int) -> str:
+    """The seeds in words: "seed 1", "seeds 1, 2", "seeds 1-3"."""
+    if n == 1:
+        return f"seed {first}"
+    return f"seeds {first}, {first + 1}" if n == 2 else f"seeds {first}-{first + n - 1}"

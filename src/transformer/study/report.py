@@ -1,24 +1,31 @@
-"""A study's outputs: results.csv, a Markdown table laid out like the paper's Table 3, and a plot.
+"""A study's outputs: results.csv, a Markdown table laid out like the paper's Table 3, a bar plot
+of the results and a plot of the learning curves.
 
-Written atomically into the study's output directory: results.csv, results.md, results.png.
+Written atomically into the study's output directory: results.csv, results.md, results.png and
+curves.png. Every number is the mean over a row's finished seeds; the spread over seeds (min, max,
+and the sample standard deviation from 3 seeds on) is given beside it, and `verdict` compares each
+row with the base and with what the paper leads one to expect.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from transformer.io import atomic_write_bytes, atomic_write_text
-from transformer.study.runner import Budget, RowOutcome
+from transformer.study.runner import Budget, RowOutcome, Spread, spread
 
 CSV_FIELDS = [
-    "key", "group", "description", "status",
+    "key", "group", "description", "question", "expect", "verdict", "status", "seeds",
     "n_encoder_layers", "n_decoder_layers", "d_model", "d_ff", "n_heads", "d_k", "d_v",
-    "dropout", "label_smoothing", "positional", "norm_position", "scale_attention",
-    "shared_query_key", "updates", "epochs", "train_minutes", "parameters",
-    "valid_loss", "valid_ppl", "valid_bleu", "error",
+    "dropout", "label_smoothing", "positional", "norm_position", "norm", "activation",
+    "attention", "scale_attention", "shared_query_key", "scale_embedding", "residual",
+    "updates", "epochs", "train_minutes", "parameters", "valid_loss",
+    "valid_ppl", "valid_ppl_min", "valid_ppl_max", "valid_ppl_std",
+    "valid_bleu", "valid_bleu_min", "valid_bleu_max", "valid_bleu_std", "error",
 ]  # fmt: skip
 
 TITLES = {
@@ -26,20 +33,90 @@ TITLES = {
     "questions": "Why is the Transformer built this way? One design decision reversed per row",
 }
 
+REPRODUCED = "reproduced"
+CONTRADICTED = "contradicted"
+WITHIN_NOISE = "within noise"
+NOT_MEASURED = "noise not measured"
 
-def _flat(outcome: RowOutcome) -> dict[str, Any]:
-    """One CSV row: the model sizes, label smoothing, budget used and the results."""
+
+def verdict(row_ppl: Sequence[float], base_ppl: Sequence[float], expect: str) -> str:
+    """What a row's dev perplexities over seeds say about its expectation, against the base's.
+
+    The rule: with fewer than two base seeds no spread is measured: "noise not measured".
+    Otherwise d = mean(row) - mean(base) and noise = the larger range (max - min) over seeds of
+    the base and of the row (a row with one seed: the base's range). A row expected "similar" is
+    "reproduced" if |d| <= noise, else "contradicted". Any other row is "within noise" if
+    |d| <= noise; else the observed direction, "base better" if d > 0 (the base has the lower
+    perplexity) or "row better" if d < 0, is "reproduced" when it is the expected one and
+    "contradicted" when not. A row without a result has no verdict ("").
+    """
+    if not row_ppl:
+        return ""
+    if len(base_ppl) < 2:
+        return NOT_MEASURED
+    row, base = spread(row_ppl), spread(base_ppl)
+    assert row is not None and base is not None
+    d = row.mean - base.mean
+    noise = max(base.range, row.range)
+    if expect == "similar":
+        return REPRODUCED if abs(d) <= noise else CONTRADICTED
+    if abs(d) <= noise:
+        return WITHIN_NOISE
+    observed = "base better" if d > 0 else "row better"
+    return REPRODUCED if observed == expect else CONTRADICTED
+
+
+def verdicts(outcomes: list[RowOutcome]) -> dict[str, str]:
+    """Every row's `verdict` against the row keyed "base" ("" for the base itself)."""
+    base = next((o for o in outcomes if o.row.key == "base"), None)
+    base_ppl = [r["valid_ppl"] for r in base.results] if base is not None else []
+    return {
+        o.row.key: (
+            ""
+            if o.row.key == "base"
+            else verdict([r["valid_ppl"] for r in o.results], base_ppl, o.row.expect)
+        )
+        for o in outcomes
+    }
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _flat(outcome: RowOutcome, verdict_text: str = "") -> dict[str, Any]:
+    """One CSV row: the model sizes and switches, label smoothing, budget used and the results
+    (means over the finished seeds, with their spread)."""
     row = outcome.row
-    flat: dict[str, Any] = {"key": row.key, "group": row.group, "description": row.description}
-    if outcome.result is None:
-        return {**flat, "status": "failed", "error": outcome.error}
+    flat: dict[str, Any] = {
+        "key": row.key,
+        "group": row.group,
+        "description": row.description,
+        "question": row.question,
+        "expect": "" if row.key == "base" else row.expect,
+        "verdict": verdict_text,
+        "seeds": len(outcome.results),
+        "error": outcome.error,
+    }
     r = outcome.result
+    if r is None:
+        return {**flat, "status": "failed"}
     flat.update({k: r["model"].get(k) for k in CSV_FIELDS if k in r["model"]})
     flat["label_smoothing"] = r["config"]["optim"]["label_smoothing"]
-    for k in ("updates", "epochs", "train_minutes", "parameters", "valid_loss", "valid_ppl"):
+    for k in ("updates", "epochs", "parameters"):
         flat[k] = r[k]
-    flat["valid_bleu"] = r.get("valid_bleu")
-    flat["status"] = "kept" if outcome.skipped else "trained"
+    results = outcome.results
+    flat["train_minutes"] = _mean([x["train_minutes"] for x in results])
+    flat["valid_loss"] = _mean([x["valid_loss"] for x in results])
+    for name, s in (("valid_ppl", outcome.ppl), ("valid_bleu", outcome.bleu)):
+        flat[name] = None if s is None else s.mean
+        flat[f"{name}_spread"] = s
+        if s is not None and s.n >= 2:
+            flat[f"{name}_min"], flat[f"{name}_max"], flat[f"{name}_std"] = s.min, s.max, s.std
+    if outcome.error is not None:
+        flat["status"] = "failed"
+    else:
+        flat["status"] = "kept" if outcome.skipped else "trained"
     return flat
 
 
@@ -47,8 +124,9 @@ def results_csv(outcomes: list[RowOutcome]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
+    found = verdicts(outcomes)
     for outcome in outcomes:
-        flat = _flat(outcome)
+        flat = _flat(outcome, found[outcome.row.key])
         writer.writerow({k: _csv_value(flat.get(k)) for k in CSV_FIELDS})
     return buffer.getvalue()
 
@@ -85,15 +163,31 @@ def _millions(parameters: int) -> str:
     return f"{value:.2f}" if value < 10 else f"{value:.1f}" if value < 100 else f"{value:.0f}"
 
 
+def format_spread(s: Spread | None, digits: int) -> str:
+    """A spread in words: "4.92" (one seed), "4.92 [4.90–4.95]" (two), "4.92 ± 0.03 [4.90–4.95]"
+    (three or more)."""
+    if s is None:
+        return ""
+    text = f"{s.mean:.{digits}f}"
+    if s.std is not None:
+        text += f" ± {s.std:.{digits}f}"
+    if s.n >= 2:
+        text += f" [{s.min:.{digits}f}–{s.max:.{digits}f}]"
+    return text
+
+
 def markdown_table(
     study: str, outcomes: list[RowOutcome], budget: Budget, notes: list[str], context: str = ""
 ) -> str:
-    """The paper's layout: a blank cell means "as in the base row"; then the results."""
-    flats = [_flat(o) for o in outcomes]
-    base = next((f for f in flats if f["key"] == "base" and f["status"] != "failed"), None)
+    """The paper's layout: a blank cell means "as in the base row"; then the results over seeds,
+    the expectation and the verdict."""
+    found = verdicts(outcomes)
+    flats = [_flat(o, found[o.row.key]) for o in outcomes]
+    base = next((f for f in flats if f["key"] == "base" and f.get("updates") is not None), None)
+    questions = study == "questions"
     header = [
-        "row", *(c for c, _ in _COLUMNS), "change", "updates", "dev PPL", "dev BLEU",
-        "params ×10⁶",
+        "row", *(c for c, _ in _COLUMNS), *(["question"] if questions else []), "change",
+        "updates", "dev PPL", "dev BLEU", "params ×10⁶", "seeds", "expected", "verdict",
     ]  # fmt: skip
     lines = [
         f"## {TITLES[study]}",
@@ -109,25 +203,53 @@ def markdown_table(
             if f["group"] == "base"
             else (f"({f['group']})" if study == "table3" else f["key"])
         )
-        if f["status"] == "failed":
-            cells = [label, *[""] * len(_COLUMNS), f["description"], "", "failed", "failed", ""]
+        change = "" if f["group"] == "base" else f["description"]
+        asked = [f["question"]] if questions else []
+        if f.get("updates") is None:  # no seed finished
+            cells = [label, *[""] * len(_COLUMNS), *asked, change, "", "failed", "failed", ""]
+            cells += ["0", f["expect"], ""]
         else:
             sizes = []
             for _, get in _COLUMNS:
                 value = str(get(f))
                 same = base is not None and f is not base and value == str(get(base))
                 sizes.append("" if same else value)
-            bleu = f["valid_bleu"]
             cells = [
                 label,
                 *sizes,
-                "" if f["group"] == "base" else f["description"],
+                *asked,
+                change,
                 str(f["updates"]),
-                f"{f['valid_ppl']:.2f}",
-                "" if bleu is None else f"{bleu:.1f}",
+                format_spread(f["valid_ppl_spread"], 2),
+                format_spread(f["valid_bleu_spread"], 1),
                 _millions(f["parameters"]),
+                str(f["seeds"]),
+                f["expect"],
+                f["verdict"],
             ]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "dev PPL and dev BLEU (beam 4, final weights): the mean over the row's seeds, ± the "
+        "sample standard deviation (3 seeds or more), [min–max] (2 or more). expected: what the "
+        "paper (or the literature) leads one to expect of the row's perplexity against the base. "
+        "verdict: the difference of mean perplexities d = row - base against the noise, the "
+        "larger range over seeds of the base and of the row: within it, a 'similar' row is "
+        "reproduced and any other is within noise; beyond it, the direction observed ('base "
+        "better' if d > 0) either reproduces or contradicts the expectation ('similar' rows: "
+        "contradicts)."
+        + (
+            " With one base seed the noise is not measured (run with --seeds 3)."
+            if base is not None and base["seeds"] < 2
+            else ""
+        ),
+    ]
+    if not budget.updates:
+        lines += [
+            "",
+            "Learning curves (curves.png) need an update budget: a time budget is validated "
+            "only at its end.",
+        ]
     failed = [f for f in flats if f["status"] == "failed"]
     if failed:
         lines += ["", "Failed rows:", ""]
@@ -137,50 +259,124 @@ def markdown_table(
     return "\n".join(lines) + "\n"
 
 
+def _row_label(outcome: RowOutcome) -> str:
+    return (
+        "base" if outcome.row.group == "base" else f"{outcome.row.key}: {outcome.row.description}"
+    )
+
+
+def _png(fig: Any) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _log_axis(ax: Any, which: str, values: list[float]) -> None:
+    """A log scale on `ax`'s `which` ("x" or "y") axis, labelled with plain numbers
+    (perplexities read as 5.3, not 10^0.72); within a few multiples the minor ticks get labels
+    too (else a span of less than a decade may show none)."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    axis.set_major_formatter(plain)
+    small = bool(values) and max(values) <= 4 * min(values)
+    axis.set_minor_formatter(plain if small else NullFormatter())
+
+
 def plot_png(study: str, outcomes: list[RowOutcome], budget: Budget) -> bytes:
-    """Horizontal bars of dev BLEU and dev perplexity per row, the base row marked."""
+    """Horizontal bars of dev BLEU and dev perplexity per row (means over seeds, whiskers from
+    min to max), the base row marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     done = [o for o in outcomes if o.result is not None]
-    labels = [
-        "base" if o.row.group == "base" else f"{o.row.key}: {o.row.description}" for o in done
-    ]
-    bleu = [o.result.get("valid_bleu") or 0.0 for o in done]  # type: ignore[union-attr]
-    ppl = [o.result["valid_ppl"] for o in done]  # type: ignore[index]
+    labels = [_row_label(o) for o in done]
+    none = Spread(1, 0.0, 0.0, 0.0)  # a row without BLEU (no raw validation text)
+    spreads: dict[str, list[Spread]] = {
+        "bleu": [o.bleu or none for o in done],
+        "ppl": [o.ppl or none for o in done],  # a finished row has one
+    }
     colors = ["tab:red" if o.row.group == "base" else "tab:blue" for o in done]
     height = max(2.5, 0.38 * len(done) + 1.2)
     fig, axes = plt.subplots(1, 2, figsize=(12, height), sharey=True)
     y = list(range(len(done)))[::-1]
-    for ax, values, name in ((axes[0], bleu, "dev BLEU (beam 4)"), (axes[1], ppl, "dev PPL")):
-        ax.barh(y, values, color=colors)
-        for yi, v in zip(y, values):
-            ax.text(v, yi, f" {v:.1f}" if name.startswith("dev BLEU") else f" {v:.2f}",
-                    va="center", fontsize=8)  # fmt: skip
+    ppl = [s.mean for s in spreads["ppl"]]
+    for ax, key, name in ((axes[0], "bleu", "dev BLEU (beam 4)"), (axes[1], "ppl", "dev PPL")):
+        values = [s.mean for s in spreads[key]]
+        errors = [[s.mean - s.min for s in spreads[key]], [s.max - s.mean for s in spreads[key]]]
+        ax.barh(y, values, color=colors, xerr=errors if any(map(any, errors)) else None)
+        for yi, s in zip(y, spreads[key]):  # beside the bar, past its whisker
+            text = f" {s.mean:.1f}" if key == "bleu" else f" {s.mean:.2f}"
+            ax.text(s.max, yi, text, va="center", fontsize=8)
         base = next((v for o, v in zip(done, values) if o.row.group == "base"), None)
         if base is not None:
             ax.axvline(base, color="tab:red", linestyle="--", linewidth=1)
-        ax.set_xlabel(name + (" (higher is better)" if "BLEU" in name else " (lower is better)"))
+        ax.set_xlabel(name + (" (higher is better)" if key == "bleu" else " (lower is better)"))
         ax.grid(axis="x", alpha=0.3)
     if ppl and max(ppl) > 4 * min(ppl):  # a diverged row would squash the others
-        from matplotlib.ticker import NullFormatter, ScalarFormatter
-
-        axes[1].set_xscale("log")
+        _log_axis(axes[1], "x", ppl)
         axes[1].set_xlim(left=min(ppl) / 1.5)
-        axes[1].xaxis.set_major_formatter(ScalarFormatter())
-        axes[1].xaxis.set_minor_formatter(NullFormatter())
         axes[1].set_xlabel("dev PPL, log scale (lower is better)")
     axes[0].set_yticks(y)
-
     axes[0].set_yticklabels(labels, fontsize=8)
-    fig.suptitle(f"{TITLES[study]}\n{budget} per row; base in red", fontsize=10)
+    seeds = max((len(o.results) for o in done), default=1)
+    over = f"; mean over up to {seeds} seeds, whiskers min-max" if seeds > 1 else ""
+    fig.suptitle(f"{TITLES[study]}\n{budget} per row; base in red{over}", fontsize=10)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
+    return _png(fig)
+
+
+def curves_png(study: str, outcomes: list[RowOutcome], budget: Budget) -> bytes:
+    """Learning curves: dev perplexity against updates (log scale), the mean over each row's
+    seeds; the base in black, one line per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    done = [(o, o.curve()) for o in outcomes if o.result is not None]
+    done = [(o, c) for o, c in done if c]
+    fig, ax = plt.subplots(figsize=(11, 6))
+    colors = plt.get_cmap("tab20").colors  # type: ignore[attr-defined]
+    styles = ("-", "--", ":", "-.")
+    others = 0
+    for outcome, curve in done:
+        steps, ppl = [u for u, _ in curve], [p for _, p in curve]
+        marker = "o" if len(curve) == 1 else None
+        if outcome.row.key == "base":
+            ax.plot(steps, ppl, color="black", linewidth=2.5, marker=marker, label="base", zorder=3)
+            continue
+        ax.plot(
+            steps, ppl,
+            color=colors[others % len(colors)],
+            linestyle=styles[(others // len(colors)) % len(styles)],
+            linewidth=1.2, marker=marker, label=_row_label(outcome),
+        )  # fmt: skip
+        others += 1
+    if done:
+        _log_axis(ax, "y", [p for _, c in done for _, p in c])
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("updates")
+    ax.set_ylabel("dev PPL, log scale (lower is better)")
+    ax.grid(alpha=0.3, which="both")
+    if done:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    seeds = max((len(o.results) for o, _ in done), default=1)
+    note = f"mean over up to {seeds} seeds; " if seeds > 1 else ""
+    if not budget.updates:
+        note += "a time budget is validated only at its end; "
+    ax.set_title(f"{TITLES[study]}\nlearning curves, {budget} per row; {note}base in black",
+                 fontsize=10)  # fmt: skip
+    fig.tight_layout()
+    return _png(fig)
 
 
 def write_report(
@@ -191,9 +387,10 @@ def write_report(
     notes: list[str],
     context: str = "",
 ) -> list[Path]:
-    """Write OUT/results.csv, results.md and results.png; returns their paths."""
-    paths = [out / "results.csv", out / "results.md", out / "results.png"]
+    """Write OUT/results.csv, results.md, results.png and curves.png; returns their paths."""
+    paths = [out / "results.csv", out / "results.md", out / "results.png", out / "curves.png"]
     atomic_write_text(paths[0], results_csv(outcomes))
     atomic_write_text(paths[1], markdown_table(study, outcomes, budget, notes, context))
     atomic_write_bytes(paths[2], plot_png(study, outcomes, budget))
+    atomic_write_bytes(paths[3], curves_png(study, outcomes, budget))
     return paths

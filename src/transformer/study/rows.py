@@ -8,18 +8,54 @@ N + 1 for the last). Rows (D) keep the paper's absolute dropout and label-smooth
 do not depend on the model's size. A derived row that cannot exist (a head count that does not
 divide d_model, a size below 1) or that equals the base or an earlier row is left out, with the
 reason kept for the report.
+
+Every row records what the paper (or the literature, for the rows the paper does not have) leads
+one to expect of it, measured in dev perplexity: "base better" (the paper's choice, the base, has
+the lower perplexity), "row better", or "similar". Table 3's expectations are read off the paper's
+own dev perplexities (`PAPER_TABLE3_PPL`, base 4.92): a row within 0.05 (1%) of the base is
+"similar". They assume a base that makes the paper's choices; `transformer.study.report.verdict`
+compares them with what was measured.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 from transformer.config import ModelConfig
 from transformer.training.config import RunConfig
 
 STUDIES = ("table3", "questions")
 TABLE3_GROUPS = ("A", "B", "C", "D", "E")
+
+# What a row is expected to do to dev perplexity, against the base (the paper's choice).
+Expect = Literal["base better", "similar", "row better"]
+EXPECTATIONS: tuple[str, ...] = ("base better", "similar", "row better")
+
+# The paper's Table 3 dev perplexities (EN-DE newstest2013), by the key of the row that scales
+# the same variation to the base: A2/A3/A4 are h = 4/16/32 of the paper's 8, B1/B2 are d_k = 16/32
+# of its 64, C1-C3 are N = 2/4/8 of its 6, C4/C5 d_model 256/1024, C6/C7 d_ff 1024/4096.
+PAPER_TABLE3_PPL: dict[str, float] = {
+    "base": 4.92,
+    "A1": 5.29, "A2": 5.00, "A3": 4.91, "A4": 5.01,
+    "B1": 5.16, "B2": 5.01,
+    "C1": 6.11, "C2": 5.19, "C3": 4.88, "C4": 5.75, "C5": 4.66, "C6": 5.12, "C7": 4.75,
+    "D1": 5.77, "D2": 4.95, "D3": 4.67, "D4": 5.47,
+    "E1": 4.92,
+}  # fmt: skip
+SIMILAR_PPL = 0.05  # a Table 3 row within this of the paper's base is "similar"
+
+
+def paper_expectation(key: str) -> Expect:
+    """What the paper's Table 3 shows for row `key`'s perplexity against its base (4.92).
+
+    Label smoothing is the case to read carefully: eps_ls = 0 (D3) has the *lower* perplexity,
+    4.67 (smoothing makes the model less sure, which perplexity punishes) though the lower BLEU.
+    """
+    d = PAPER_TABLE3_PPL[key] - PAPER_TABLE3_PPL["base"]
+    if abs(d) <= SIMILAR_PPL + 1e-9:
+        return "similar"
+    return "base better" if d > 0 else "row better"
 
 
 @dataclass(frozen=True)
@@ -31,6 +67,8 @@ class Row:
     description: str
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig fields that change
     optim: dict[str, Any] = field(default_factory=dict)  # OptimConfig fields that change
+    expect: Expect = "base better"  # dev perplexity of the row against the base's
+    question: str = ""  # the learners' question a "why" row answers
 
     def apply(self, base: RunConfig) -> RunConfig:
         """The base run config with this row's changes."""
@@ -113,48 +151,122 @@ def table3_rows(base: RunConfig) -> tuple[list[Row], list[str]]:
             "E1", "E", "sinusoids instead of learned positions", {"positional": "sinusoidal"}
         )
     candidates.append(("E1", "(E) positional encoding", learned))
+    candidates = [
+        (key, what, None if row is None else replace(row, expect=paper_expectation(key)))
+        for key, what, row in candidates
+    ]
     return _keep_distinct(base, candidates)
+
+
+# The learners' "why" questions, in the order of the rows (Q1-Q5 first, as they have always been).
+QUESTIONS: dict[str, str] = {
+    "scale": "why divide by sqrt(d_k)?",
+    "qk": "why separate W^Q and W^K?",
+    "norm_position": "why LayerNorm after the residual?",
+    "smoothing": "why label smoothing?",
+    "positions": "why positional encodings?",
+    "other_positions": "what else than sinusoids can give positions?",
+    "heads": "why several heads?",
+    "scoring": "why dot-product rather than additive attention?",
+    "head_size": "why does each head have a reduced dimension?",
+    "embedding_scale": "why multiply the embeddings by sqrt(d_model)?",
+    "residual": "why residual connections?",
+    "norm": "why LayerNorm and not BatchNorm?",
+    "ffn": "what do the feed-forward network and its activation do?",
+    "padding": "how is padding masked?",
+}
+
+PADDING_NOTE = (
+    f"padding ({QUESTIONS['padding']}): no row. The key padding mask is not a design decision "
+    "that can be reversed: without it a sentence's representation would depend on how much "
+    "padding its batch happened to have, so the model would compute a different function of the "
+    "same sentence in every batch and at decoding time. The question is left to the documentation."
+)
 
 
 def question_rows(base: RunConfig) -> tuple[list[Row], list[str]]:
-    """The "why" rows the paper does not have; each reverses one design decision of the base."""
+    """The "why" rows the paper does not have; each reverses one design decision of the base.
+
+    Q1-Q5 keep their meaning (unscaled dot products, shared W^Q = W^K, the other norm position,
+    no label smoothing, no positional encoding); Q6-Q20 follow. The notes say which questions
+    have no row (padding) and which rows this base leaves out.
+    """
     m = base_sizes(base)
+    d, h = m.d_model, m.n_heads
     other_norm = "pre" if m.norm_position == "post" else "post"
+    layers = {
+        "n_encoder_layers": 2 * m.n_encoder_layers,
+        "n_decoder_layers": 2 * m.n_decoder_layers,
+    }
+    deeper = f"N={2 * m.n_encoder_layers}" + (
+        "" if m.n_encoder_layers == m.n_decoder_layers else f"+{2 * m.n_decoder_layers}"
+    )
+    Q = QUESTIONS
+    specs: list[tuple[str, str, str, dict[str, Any], dict[str, Any], Expect]] = [
+        # key, question, description, model changes, optim changes, expectation
+        ("Q1", Q["scale"], "unscaled dot products (no 1/sqrt(d_k))",
+         {"scale_attention": False}, {}, "base better"),
+        # The paper gives no number. With W^Q = W^K a token's score for itself, |W x_i|^2, tends
+        # to be its largest (the Reformer, which shares them, masks it; this model does not).
+        ("Q2", Q["qk"], "one shared projection for queries and keys",
+         {"shared_query_key": True}, {}, "base better"),
+        # Pre-norm trains more easily, post-norm ends slightly better when it trains (Xiong et
+        # al. 2020, Liu et al. 2020); with warmup and a few layers they come out close.
+        ("Q3", Q["norm_position"], f"{other_norm}-norm instead of {m.norm_position}-norm",
+         {"norm_position": other_norm}, {}, "similar"),
+        # Table 3 (D): eps_ls = 0 has the lower perplexity (4.67 against 4.92), lower BLEU.
+        ("Q4", Q["smoothing"], "no label smoothing (eps_ls=0)",
+         {}, {"label_smoothing": 0.0}, "row better"),
+        ("Q5", Q["positions"], "no positional encoding at all",
+         {"positional": "none"}, {}, "base better"),
+        # Table 3 (A): one head is the worst of the row (5.29).
+        ("Q6", Q["heads"], f"one head of d_k=d_v={d} (the same cost)",
+         {"n_heads": 1, "d_k": d, "d_v": d}, {}, "base better"),
+        # Section 3.2.1: similar for small d_k; dot products are faster.
+        ("Q7", Q["scoring"], "additive attention (w^T tanh(q + k))",
+         {"attention": "additive"}, {}, "similar"),
+        # The reduction keeps the cost of one full head; h full heads cost h times as much.
+        ("Q8", Q["head_size"], f"{h} heads of d_k=d_v={d} ({h}x the attention cost)",
+         {"d_k": d, "d_v": d}, {}, "similar"),
+        # Embeddings start at std d_model^-0.5: unscaled, the sinusoids (amplitude 1) drown them.
+        ("Q9", Q["embedding_scale"], "embeddings not multiplied by sqrt(d_model)",
+         {"scale_embedding": False}, {}, "base better"),
+        # Table 3 (E): learned positions give nearly identical results (4.92).
+        ("Q10", Q["other_positions"], "learned positional embeddings",
+         {"positional": "learned"}, {}, "similar"),
+        # Shaw et al. 2018, Su et al. 2021, Press et al. 2022: as good or slightly better.
+        ("Q11", Q["other_positions"], "relative positions in attention (Shaw et al.)",
+         {"positional": "relative"}, {}, "similar"),
+        ("Q12", Q["other_positions"], "rotary positions (RoPE)",
+         {"positional": "rotary"}, {}, "similar"),
+        ("Q13", Q["other_positions"], "ALiBi position penalties",
+         {"positional": "alibi"}, {}, "similar"),
+        ("Q14", Q["residual"], "no residual connections",
+         {"residual": False}, {}, "base better"),
+        # The ResNet argument: with residuals a deeper stack is better (Table 3 (C): more
+        # layers, lower perplexity); without them the deeper stack is worse, not better.
+        ("Q15", Q["residual"], f"twice as deep ({deeper}), with residuals",
+         layers, {}, "row better"),
+        ("Q16", Q["residual"], f"twice as deep ({deeper}), no residual connections",
+         {**layers, "residual": False}, {}, "base better"),
+        # BatchNorm statistics over a batch of padded sentences of varied lengths are noisy.
+        ("Q17", Q["norm"], "BatchNorm instead of LayerNorm",
+         {"norm": "batch"}, {}, "base better"),
+        # Zhang & Sennrich 2019: RMSNorm matches LayerNorm.
+        ("Q18", Q["norm"], "RMSNorm instead of LayerNorm",
+         {"norm": "rms"}, {}, "similar"),
+        ("Q19", Q["ffn"], "GELU instead of ReLU in the feed-forward network",
+         {"activation": "gelu"}, {}, "similar"),
+        # Table 3 (C): halving d_ff already costs perplexity (5.12).
+        ("Q20", Q["ffn"], f"almost no feed-forward network (d_ff={max(1, d // 4)})",
+         {"d_ff": max(1, d // 4)}, {}, "base better"),
+    ]  # fmt: skip
     candidates: list[tuple[str, str, Row | None]] = [
-        (
-            "Q1",
-            "why divide by sqrt(d_k)?",
-            Row("Q1", "Q", "unscaled dot products (no 1/sqrt(d_k))", {"scale_attention": False}),
-        ),
-        (
-            "Q2",
-            "why separate W^Q and W^K?",
-            Row(
-                "Q2", "Q", "one shared projection for queries and keys", {"shared_query_key": True}
-            ),
-        ),
-        (
-            "Q3",
-            "why LayerNorm after the residual?",
-            Row(
-                "Q3",
-                "Q",
-                f"{other_norm}-norm instead of {m.norm_position}-norm",
-                {"norm_position": other_norm},
-            ),
-        ),
-        (
-            "Q4",
-            "why label smoothing?",
-            Row("Q4", "Q", "no label smoothing (eps_ls=0)", optim={"label_smoothing": 0.0}),
-        ),
-        (
-            "Q5",
-            "why positional encodings?",
-            Row("Q5", "Q", "no positional encoding at all", {"positional": "none"}),
-        ),
+        (key, question, Row(key, "Q", text, model, optim, expect, question))
+        for key, question, text, model, optim, expect in specs
     ]
-    return _keep_distinct(base, candidates)
+    rows, notes = _keep_distinct(base, candidates)
+    return rows, [PADDING_NOTE, *notes]
 
 
 def _keep_distinct(
@@ -192,7 +304,7 @@ def study_rows(
 ) -> tuple[list[Row], list[str]]:
     """The base row and the rows of `study` ("table3" or "questions"), optionally only `groups`.
 
-    For table3, groups are letters A-E; for questions, row keys Q1-Q5; "base" alone gives only
+    For table3, groups are letters A-E; for questions, row keys Q1-Q20; "base" alone gives only
     the base row (e.g. to measure its spread over seeds).
     """
     if study not in STUDIES:

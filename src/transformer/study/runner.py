@@ -2,10 +2,19 @@
 
 OUT/rows/KEY/ is an ordinary run directory (`transformer train` could resume it) plus
 `result.json` once the row is finished: validation perplexity and BLEU of the final weights (beam 4,
-alpha 0.6, no checkpoint averaging, as in the paper's Table 3), updates, minutes and parameters.
-A row whose result.json records the same config is skipped when the study is run again; an
-interrupted row resumes from its last checkpoint, so a crash loses at most part of one row. A row
-that fails is reported (OUT/rows/KEY/error.txt) and the others go on.
+alpha 0.6, no checkpoint averaging, as in the paper's Table 3), updates, minutes, parameters, the
+seed and the learning curve (`curve`: [[update, valid_ppl], ...], validated `curve_points` times,
+evenly over an update budget; a time budget gives only its final point, since the trainer validates
+every so many updates, not minutes). A row whose result.json records the same recipe (its config,
+however often it was validated) is skipped when the study is run again; an interrupted row resumes
+from its last checkpoint, so a crash loses at most part of one row. A row that fails is reported
+(OUT/rows/KEY/error.txt) and the others go on.
+
+Seeds: with `seeds` N > 1 the i-th seed is `seed + i - 1` and its run directory OUT/rows/KEY-s{i}
+(the first keeps OUT/rows/KEY). The base row is trained with every seed; another row first with
+the first seed only, then with all of them if its perplexity lies within twice the base's range of
+the base's mean (`needs_more_seeds`: there its verdict could change with the seed), or always with
+`seeds_all`. A row's results are aggregated over its finished seeds (`Spread`).
 
 Rows run one after another in this process, or with `jobs > 1` in a pool of worker processes,
 each pinned to one GPU (or sharing the CPU cores).
@@ -17,11 +26,12 @@ import json
 import math
 import multiprocessing
 import os
+import statistics
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,11 +74,38 @@ class Budget:
         return f"{self.updates} updates" if self.updates else f"{self.minutes:g} minutes"
 
 
-def row_config(row: Row, base: RunConfig, budget: Budget, seed: int) -> RunConfig:
-    """The run config of one row: its changes, the budget, and one validation at the end.
+# How often a row is validated does not change what it learns: a row finished with other
+# validation settings is kept.
+VALIDATION_KEYS = ("valid_every", "valid_bleu")
 
-    Validation BLEU uses beam 4 (alpha 0.6, the Translator's default), as the paper's Table 3.
-    One checkpoint is kept (every quarter of the budget), for resuming an interrupted row.
+
+def run_dir(out: Path, row: Row, index: int = 1) -> Path:
+    """OUT/rows/KEY for a row's first seed, OUT/rows/KEY-s{index} for the others."""
+    return out / ROWS / (row.key if index == 1 else f"{row.key}-s{index}")
+
+
+def curve_every(budget: Budget, points: int) -> int:
+    """Updates between two validations for `points` evenly spaced ones; 0: none but the final.
+
+    ceil(updates / points), so that at most `points` validations fall within the budget, the last
+    at its end (exactly `points` when they divide the budget). A time budget has no curve: the
+    trainer validates every so many updates, and how many a row makes in its minutes is not known
+    in advance.
+    """
+    if points <= 0 or not budget.updates:
+        return 0
+    return max(1, math.ceil(budget.updates / points))
+
+
+def row_config(
+    row: Row, base: RunConfig, budget: Budget, seed: int, curve_points: int = 0
+) -> RunConfig:
+    """The run config of one row: its changes, the budget, the seed and the validations.
+
+    The trainer validates perplexity only (`curve_points` times, evenly, and at the end); BLEU of
+    the final weights (beam 4, alpha 0.6, the Translator's default, as the paper's Table 3) is
+    computed by `train_row` after training. One checkpoint is kept (every quarter of the budget),
+    for resuming an interrupted row.
     """
     config = row.apply(base)
     if budget.updates:
@@ -90,8 +127,8 @@ def row_config(row: Row, base: RunConfig, budget: Budget, seed: int) -> RunConfi
         **limits,
         max_epochs=0,
         seed=seed,
-        valid_every=0,
-        valid_bleu=True,
+        valid_every=curve_every(budget, curve_points),
+        valid_bleu=False,
         valid_beam=4,
         patience=0,
         keep_last=1,
@@ -99,13 +136,21 @@ def row_config(row: Row, base: RunConfig, budget: Budget, seed: int) -> RunConfi
     )
 
 
+def _recipe(config: dict[str, Any]) -> dict[str, Any]:
+    train = {k: v for k, v in config.get("train", {}).items() if k not in VALIDATION_KEYS}
+    return {**config, "train": train}
+
+
 def finished_result(row_dir: Path, config: RunConfig) -> dict[str, Any] | None:
-    """The row's recorded result if it was finished with exactly this config, else None."""
+    """The row's recorded result if it was finished with this recipe, else None (the recipe is
+    the config less how often it was validated: `VALIDATION_KEYS`)."""
     try:
         result = json.loads((row_dir / RESULT).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return result if result.get("config") == config.to_dict() else None
+    if not isinstance(result, dict) or not isinstance(result.get("config"), dict):
+        return None
+    return result if _recipe(result["config"]) == _recipe(config.to_dict()) else None
 
 
 class RowInterrupted(Exception):
@@ -115,28 +160,41 @@ class RowInterrupted(Exception):
 def train_row(
     row: Row, config: RunConfig, row_dir: Path, log: Callable[[str], None]
 ) -> dict[str, Any]:
-    """Train one row (resuming if it was interrupted) and return its result (also written)."""
+    """Train one row (resuming if it was interrupted), validate its final weights with BLEU and
+    return its result (also written)."""
     from transformer.training.rundir import prepare_run_dir
     from transformer.training.trainer import METRICS, Trainer
+    from transformer.training.validation import Validator
 
     prepare_run_dir(config, row_dir)  # refuses a directory trained with another recipe
     trainer = Trainer(config, row_dir, log=log)
     trainer.train()
     if trainer.interrupted:
         raise RowInterrupted(row.key)
-    valid = train = None
+    curve: list[list[float]] = []
+    train = None
     for line in (row_dir / METRICS).read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
-        if record.get("kind") == "valid":
-            valid = record
+        if record.get("kind") == "valid" and "ppl" in record:
+            curve.append([record["step"], record["ppl"]])
         elif record.get("kind") == "train":
             train = record
-    if valid is None:
+    # The final weights as the trainer's validator scores them, with BLEU (beam 4) this time.
+    validate = Validator(config.replace("train", valid_bleu=True))
+    valid = validate(trainer.model, trainer.tokenizer, trainer.device, trainer.autocast)
+    if not valid:
         raise RuntimeError(f"{row_dir}: training gave no validation result (no validation data?)")
+    if not curve or curve[-1][0] != trainer.step:
+        curve.append([trainer.step, valid["ppl"]])
+    log(
+        f"final weights (update {trainer.step}): valid ppl {valid['ppl']:.2f}"
+        + (f", BLEU {valid['bleu']:.2f} (beam 4)" if "bleu" in valid else "")
+    )
     result = {
         "key": row.key,
         "group": row.group,
         "description": row.description,
+        "seed": config.train.seed,
         "updates": trainer.step,
         "epochs": trainer.epoch + 1,
         "train_minutes": trainer.train_seconds / 60,
@@ -145,6 +203,7 @@ def train_row(
         "valid_ppl": valid["ppl"],
         "valid_bleu": valid.get("bleu"),
         "tokens_per_s": train["tokens_per_s"] if train else None,
+        "curve": curve,
         "model": trainer.model_config.to_dict(),
         "config": config.to_dict(),
     }
@@ -153,30 +212,138 @@ def train_row(
     return result
 
 
+@dataclass(frozen=True)
+class Spread:
+    """A measurement over seeds: mean, min, max, and the sample standard deviation (3 or more)."""
+
+    n: int
+    mean: float
+    min: float
+    max: float
+    std: float | None = None
+
+    @property
+    def range(self) -> float:
+        return self.max - self.min
+
+
+def spread(values: Sequence[float]) -> Spread | None:
+    """The `Spread` of `values`; None for none."""
+    if not values:
+        return None
+    std = statistics.stdev(values) if len(values) >= 3 else None
+    return Spread(len(values), statistics.fmean(values), min(values), max(values), std)
+
+
+def needs_more_seeds(row_ppl: float, base_ppls: Sequence[float]) -> bool:
+    """Whether a row measured with one seed is trained with the others: when its perplexity is
+    within twice the base's range over seeds of the base's mean, where another seed could move
+    it across the verdict's noise band. Needs two base seeds or more (no range without them)."""
+    if len(base_ppls) < 2:
+        return False
+    base = spread(base_ppls)
+    assert base is not None
+    return abs(row_ppl - base.mean) <= 2 * base.range
+
+
 @dataclass
-class RowOutcome:
-    row: Row
+class SeedRun:
+    """One training of a row: its `index`-th seed (1-based) of value `seed`."""
+
+    index: int
+    seed: int
     result: dict[str, Any] | None = None
     error: str | None = None
     skipped: bool = False
 
 
-def _run_one(row: Row, config: RunConfig, row_dir: Path) -> RowOutcome:
-    """Train a row, turning any failure into a reported outcome (interruptions propagate)."""
+@dataclass
+class RowOutcome:
+    """A row's runs, one per seed trained or kept (in seed order), and their aggregates."""
+
+    row: Row
+    runs: list[SeedRun] = field(default_factory=list)
+
+    @property
+    def results(self) -> list[dict[str, Any]]:
+        return [r.result for r in self.runs if r.result is not None]
+
+    @property
+    def result(self) -> dict[str, Any] | None:
+        """The first finished seed's result (sizes, parameters, updates are the same for all)."""
+        results = self.results
+        return results[0] if results else None
+
+    @property
+    def error(self) -> str | None:
+        """The failures of the row's seeds in one line, or None."""
+        errors = [
+            (f"seed {r.seed}: " if len(self.runs) > 1 else "") + r.error
+            for r in self.runs
+            if r.error is not None
+        ]
+        return "; ".join(errors) or None
+
+    @property
+    def skipped(self) -> bool:
+        """Whether every run was finished earlier (none trained now)."""
+        return bool(self.runs) and all(r.skipped for r in self.runs)
+
+    @property
+    def ppl(self) -> Spread | None:
+        return spread([r["valid_ppl"] for r in self.results])
+
+    @property
+    def bleu(self) -> Spread | None:
+        return spread([r["valid_bleu"] for r in self.results if r.get("valid_bleu") is not None])
+
+    def curve(self) -> list[tuple[int, float]]:
+        """(update, mean dev perplexity over the seeds) at the updates where every seed with a
+        learning curve was validated; results written before curves were recorded give their
+        final point, and only when no seed has a curve."""
+        with_curve = [r["curve"] for r in self.results if r.get("curve")]
+        curves = [
+            {int(u): float(p) for u, p in c}
+            for c in with_curve or [[[r["updates"], r["valid_ppl"]]] for r in self.results]
+        ]
+        if not curves:
+            return []
+        steps = sorted(set.intersection(*(set(c) for c in curves)))
+        return [(u, statistics.fmean(c[u] for c in curves)) for u in steps]
+
+
+@dataclass(frozen=True)
+class _Task:
+    row: Row
+    index: int
+    seed: int
+    config: RunConfig
+    row_dir: Path
+
+    @property
+    def label(self) -> str:
+        return self.row.key if self.index == 1 else f"{self.row.key}-s{self.index}"
+
+
+def _run_one(task: _Task) -> SeedRun:
+    """Train one row at one seed, turning any failure into a reported outcome (interruptions
+    propagate)."""
 
     def log(message: str) -> None:
-        print(f"[{row.key}] {message}", file=sys.stderr, flush=True)
+        print(f"[{task.label}] {message}", file=sys.stderr, flush=True)
 
+    run = SeedRun(task.index, task.seed)
     try:
-        return RowOutcome(row, result=train_row(row, config, row_dir, log))
+        run.result = train_row(task.row, task.config, task.row_dir, log)
     except (RowInterrupted, KeyboardInterrupt):
         raise
     except Exception as e:  # one failing row must not stop the others
         message = f"{type(e).__name__}: {e}"
-        row_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(row_dir / ERROR, message + "\n\n" + traceback.format_exc())
+        task.row_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(task.row_dir / ERROR, message + "\n\n" + traceback.format_exc())
         log(f"FAILED: {message}")
-        return RowOutcome(row, error=message)
+        run.error = message
+    return run
 
 
 def run_rows(
@@ -188,50 +355,108 @@ def run_rows(
     jobs: int = 1,
     devices: list[str] | None = None,
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr, flush=True),
+    *,
+    seeds: int = 1,
+    seeds_all: bool = False,
+    curve_points: int = 0,
 ) -> list[RowOutcome]:
     """Run every row not yet finished; outcomes in the order of `rows`.
 
-    `devices`: one entry per worker for `jobs > 1`, e.g. ["0", "1"] (CUDA device indices, each
-    worker sees only its own) or ["cpu", "cpu"] (workers share the CPU cores).
+    The row keyed "base" is trained with `seeds` seeds (seed, seed + 1, ...), every other row with
+    the first, then with all if `needs_more_seeds` (or `seeds_all`). `devices`: one entry per
+    worker for `jobs > 1`, e.g. ["0", "1"] (CUDA device indices, each worker sees only its own)
+    or ["cpu", "cpu"] (workers share the CPU cores).
     """
-    outcomes: dict[str, RowOutcome] = {}
-    todo: list[tuple[Row, RunConfig, Path]] = []
-    for row in rows:
-        config = row_config(row, base, budget, seed)
-        row_dir = out / ROWS / row.key
-        result = finished_result(row_dir, config)
-        if result is not None:
-            log(f"[{row.key}] finished earlier, kept: {row.description}")
-            outcomes[row.key] = RowOutcome(row, result=result, skipped=True)
-        else:
-            todo.append((row, config, row_dir))
-    if jobs <= 1 or len(todo) <= 1:
-        for i, (row, config, row_dir) in enumerate(todo, start=1):
-            log(f"[{row.key}] row {i} of {len(todo)} to train: {row.description} ({budget})")
-            outcomes[row.key] = _run_one(row, config, row_dir)
-    else:
-        devices = devices or ["cpu"] * jobs
-        context = multiprocessing.get_context("spawn")
-        queue = context.Queue()
-        for device in devices[:jobs]:
-            queue.put(device)
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        with ProcessPoolExecutor(
-            max_workers=min(jobs, len(devices)),
-            mp_context=context,
-            initializer=_init_worker,
-            initargs=(queue, threads),
-        ) as pool:
-            futures = {pool.submit(_run_one, *item): item[0] for item in todo}
-            for future in as_completed(futures):
-                row = futures[future]
-                try:
-                    outcomes[row.key] = future.result()
-                except RowInterrupted:
-                    raise
-                except Exception as e:  # the worker itself died
-                    outcomes[row.key] = RowOutcome(row, error=f"worker failed: {e}")
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
+
+    def task(row: Row, index: int) -> _Task:
+        value = seed + index - 1
+        config = row_config(row, base, budget, value, curve_points)
+        return _Task(row, index, value, config, run_dir(out, row, index))
+
+    outcomes = {row.key: RowOutcome(row) for row in rows}
+    first = [
+        task(row, i)
+        for row in rows
+        for i in range(1, (seeds if seeds_all or row.key == "base" else 1) + 1)
+    ]
+    for t, run in _run_tasks(first, budget, jobs, devices, log):
+        outcomes[t.row.key].runs.append(run)
+    if seeds > 1 and not seeds_all:
+        base_ppls = [r["valid_ppl"] for r in outcomes["base"].results] if "base" in outcomes else []
+        more: list[_Task] = []
+        for row in rows:
+            result = outcomes[row.key].result
+            if row.key == "base" or result is None:
+                continue
+            extra = [task(row, i) for i in range(2, seeds + 1)]
+            if needs_more_seeds(result["valid_ppl"], base_ppls):
+                more += extra
+            else:  # seeds of an earlier run with --seeds-all still count
+                for t in extra:
+                    kept = finished_result(t.row_dir, t.config)
+                    if kept is not None:
+                        outcomes[row.key].runs.append(SeedRun(t.index, t.seed, kept, skipped=True))
+        if more:
+            log(
+                f"{len(sorted({t.row.key for t in more}))} row(s) within twice the base's range of "
+                f"its perplexity: training their seeds 2-{seeds}"
+            )
+        for t, run in _run_tasks(more, budget, jobs, devices, log):
+            outcomes[t.row.key].runs.append(run)
+    for outcome in outcomes.values():
+        outcome.runs.sort(key=lambda r: r.index)
     return [outcomes[r.key] for r in rows]
+
+
+def _run_tasks(
+    tasks: list[_Task],
+    budget: Budget,
+    jobs: int,
+    devices: list[str] | None,
+    log: Callable[[str], None],
+) -> list[tuple[_Task, SeedRun]]:
+    """Each task's run: kept if finished earlier, else trained (here or in a pool of workers)."""
+    done: list[tuple[_Task, SeedRun]] = []
+    todo: list[_Task] = []
+    for t in tasks:
+        result = finished_result(t.row_dir, t.config)
+        if result is not None:
+            log(f"[{t.label}] finished earlier, kept: {t.row.description}")
+            done.append((t, SeedRun(t.index, t.seed, result, skipped=True)))
+        else:
+            todo.append(t)
+    if jobs <= 1 or len(todo) <= 1:
+        for i, t in enumerate(todo, start=1):
+            log(
+                f"[{t.label}] row {i} of {len(todo)} to train: {t.row.description} "
+                f"({budget}, seed {t.seed})"
+            )
+            done.append((t, _run_one(t)))
+        return done
+    devices = devices or ["cpu"] * jobs
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    for device in devices[:jobs]:
+        queue.put(device)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(
+        max_workers=min(jobs, len(devices)),
+        mp_context=context,
+        initializer=_init_worker,
+        initargs=(queue, threads),
+    ) as pool:
+        futures = {pool.submit(_run_one, t): t for t in todo}
+        for future in as_completed(futures):
+            t = futures[future]
+            try:
+                done.append((t, future.result()))
+            except RowInterrupted:
+                raise
+            except Exception as e:  # the worker itself died
+                done.append((t, SeedRun(t.index, t.seed, error=f"worker failed: {e}")))
+    return done
 
 
 def _init_worker(queue: Any, threads: int) -> None:
