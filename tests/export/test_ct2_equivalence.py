@@ -107,7 +107,12 @@ def _perturbed(model: Transformer) -> Transformer:
         # The exportable learners' options: GELU, embeddings without the sqrt(d_model) factor.
         dict(activation="gelu", scale_embedding=False),
     ],
-    ids=["post-sinusoidal-shared", "pre-learned-separate-eps-headdim", "ablations", "gelu-unscaled"],
+    ids=[
+        "post-sinusoidal-shared",
+        "pre-learned-separate-eps-headdim",
+        "ablations",
+        "gelu-unscaled",
+    ],
 )
 def test_random_model_scores_and_greedy_equal_torch(copy_tokenizer, tmp_path, overrides):
     """Teacher-forced log-probabilities of random targets (CTranslate2's score_batch) equal
