@@ -12,12 +12,14 @@ import torch
 from torch import nn
 
 from tests.conftest import D_FF, B, D, S, T, V, tiny_config
+from tests.model.test_positions import OPTIONS as POSITION_OPTIONS
+from tests.model.test_positions import random_ids, targets
 from transformer import ModelConfig, Transformer
 from transformer.config import ConfigError
 from transformer.model.cache import DecoderCache
 from transformer.model.layers import FeedForward, SublayerConnection
 from transformer.model.norms import MaskedBatchNorm
-from transformer.vocab import BOS_ID, EOS_ID, PAD_ID
+from transformer.vocab import EOS_ID, PAD_ID
 
 EPS = 1e-5
 OPTIONS = {
@@ -165,15 +167,6 @@ def test_a_batch_norm_model_trains_the_same_with_more_padding() -> None:
 # ------------------------------------------------------------------- decoding equivalences
 
 
-def random_ids(length: int) -> torch.Tensor:
-    """(B, length) ids of 5, 3 and 1 real tokens then padding; the first is BOS for targets."""
-    ids = torch.randint(4, V, (B, length))
-    lengths = torch.tensor([min(5, length), 3, 1])
-    ids = ids.masked_fill(torch.arange(length)[None] >= lengths[:, None], PAD_ID)
-    ids[:, 0] = torch.where(lengths > 0, ids[:, 0], PAD_ID)
-    return ids
-
-
 def trained_a_little(overrides: dict) -> Transformer:
     """A model of `overrides` after a few updates, so that BatchNorm's running statistics are not
     their (0, 1) start; then in inference mode."""
@@ -181,8 +174,7 @@ def trained_a_little(overrides: dict) -> Transformer:
     model = Transformer(tiny_config(**overrides))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(3):
-        src, tgt = random_ids(S), random_ids(T)
-        tgt[:, 0] = BOS_ID
+        src, tgt = random_ids(S), targets()
         logits = model(src, tgt)
         loss = nn.functional.cross_entropy(
             logits[:, :-1].reshape(-1, V), tgt[:, 1:].reshape(-1), ignore_index=PAD_ID
@@ -193,28 +185,32 @@ def trained_a_little(overrides: dict) -> Transformer:
     return model.eval()
 
 
-@pytest.mark.parametrize("overrides", OPTIONS.values(), ids=OPTIONS.keys())
+# Every option of the model, these and those of test_positions.py: the decoder's equivalences.
+EQUIVALENCE = {**OPTIONS, **POSITION_OPTIONS}
+
+
+@pytest.mark.parametrize("overrides", EQUIVALENCE.values(), ids=EQUIVALENCE.keys())
 def test_cached_step_by_step_equals_the_whole_prefix(overrides: dict) -> None:
     model = trained_a_little(overrides)
-    src = random_ids(S)
+    src, tgt = random_ids(S), targets()
     src[:, -1] = EOS_ID
-    tgt = torch.randint(4, V, (B, T))
-    tgt[:, 0] = BOS_ID
     with torch.no_grad():
         memory = model.encode(src)
         src_mask = src != PAD_ID
         whole = model.decode(tgt, memory, src_mask)
         cache = DecoderCache()
         steps = [model.decode(tgt[:, t : t + 1], memory, src_mask, cache) for t in range(T)]
+        cache = DecoderCache()  # several new positions at once, then one at a time
+        chunks = [model.decode(tgt[:, :2], memory, src_mask, cache)]
+        chunks += [model.decode(tgt[:, t : t + 1], memory, src_mask, cache) for t in range(2, T)]
     torch.testing.assert_close(torch.cat(steps, dim=1), whole, rtol=0, atol=1e-4)
+    torch.testing.assert_close(torch.cat(chunks, dim=1), whole, rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("overrides", OPTIONS.values(), ids=OPTIONS.keys())
+@pytest.mark.parametrize("overrides", EQUIVALENCE.values(), ids=EQUIVALENCE.keys())
 def test_batched_equals_one_sentence_at_a_time(overrides: dict) -> None:
     model = trained_a_little(overrides)
-    src = random_ids(S)
-    tgt = torch.randint(4, V, (B, T))
-    tgt[:, 0] = BOS_ID
+    src, tgt = random_ids(S), targets()
     with torch.no_grad():
         batched = model(src, tgt)
         for i in range(B):

@@ -325,36 +325,6 @@ def test_positions_in_attention_only_and_they_matter(overrides: dict) -> None:
 
 
 @pytest.mark.parametrize("overrides", OPTIONS.values(), ids=OPTIONS.keys())
-def test_cached_step_by_step_equals_the_whole_prefix(overrides: dict) -> None:
-    model = model_of(overrides)
-    src, tgt = random_ids(S), targets()
-    with torch.no_grad():
-        memory = model.encode(src)
-        src_mask = src != PAD_ID
-        whole = model.decode(tgt, memory, src_mask)
-        cache = DecoderCache()
-        steps = [model.decode(tgt[:, t : t + 1], memory, src_mask, cache) for t in range(T)]
-        cache = DecoderCache()  # several new positions at once, then one at a time
-        chunks = [model.decode(tgt[:, :2], memory, src_mask, cache)]
-        chunks += [model.decode(tgt[:, t : t + 1], memory, src_mask, cache) for t in range(2, T)]
-    torch.testing.assert_close(torch.cat(steps, dim=1), whole, rtol=0, atol=1e-4)
-    torch.testing.assert_close(torch.cat(chunks, dim=1), whole, rtol=0, atol=1e-4)
-
-
-@pytest.mark.parametrize("overrides", OPTIONS.values(), ids=OPTIONS.keys())
-def test_batched_equals_one_sentence_at_a_time(overrides: dict) -> None:
-    model = model_of(overrides)
-    src, tgt = random_ids(S), targets()
-    with torch.no_grad():
-        batched = model(src, tgt)
-        for i in range(B):
-            alone = src[i : i + 1, : int((src[i] != PAD_ID).sum())]
-            torch.testing.assert_close(
-                model(alone, tgt[i : i + 1])[0], batched[i], rtol=0, atol=1e-4, msg=str(i)
-            )
-
-
-@pytest.mark.parametrize("overrides", OPTIONS.values(), ids=OPTIONS.keys())
 def test_runs_under_bf16_autocast(overrides: dict) -> None:
     model = model_of(overrides)
     src, tgt = random_ids(S), targets()

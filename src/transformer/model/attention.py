@@ -60,11 +60,7 @@ def reference_attention(
     Masked scores are set to the dtype's lowest finite value before the softmax (never -inf, which
     would turn a fully masked row into NaN, and never an added constant, which overflows in fp16).
     """
-    if scale is None:
-        scale = 1.0 / math.sqrt(q.size(-1))
-    scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
-    weights = attention_weights(scores, mask, is_causal, dropout_p)
-    return weights @ v, weights  # (B, H, Tq, d_v), (B, H, Tq, Tk)
+    return written_out_attention(q, k, v, mask, is_causal, dropout_p, scale)
 
 
 def attention_weights(
