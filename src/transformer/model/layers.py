@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import Tensor, nn
 
 from transformer.model.attention import MultiHeadAttention, causal_mask
 from transformer.model.cache import LayerCache
 from transformer.model.norms import apply_norm, make_norm
-from transformer.model.positions import make_positions
+from transformer.model.positions import PositionModule, make_positions
 
 
 class FeedForward(nn.Module):
@@ -81,8 +82,11 @@ class AttentionRecord:
     cross: list[Tensor] = field(default_factory=list)
 
 
-class EncoderLayer(nn.Module):
-    """Multi-head self-attention, then the feed-forward network, each wrapped as above."""
+class _Layer(nn.Module):
+    """What encoder and decoder layers share: their sizes and options, the self-attention
+    sub-layer (with the positions of `positional` where they live in attention), and the
+    feed-forward sub-layer, added last by `_add_feed_forward` so that every layer registers (and
+    initialises) its sub-layers in the order they run."""
 
     def __init__(
         self,
@@ -105,19 +109,37 @@ class EncoderLayer(nn.Module):
         attention: str = "dot",
     ):
         super().__init__()
-        ablations = dict(
-            scale=scale_attention, shared_query_key=shared_query_key, scoring=attention
-        )
-        wrap = dict(norm=norm, residual=residual)
-        self.self_attn = MultiHeadAttention(
-            d_model, n_heads, d_k, d_v, attention_dropout, **ablations,
-            positions=make_positions(positional, n_heads, d_k, d_v, relative_clip),
+        self._attention_args = dict(
+            d_model=d_model, n_heads=n_heads, d_k=d_k, d_v=d_v,
+            attention_dropout=attention_dropout, scale=scale_attention,
+            shared_query_key=shared_query_key, scoring=attention,
         )  # fmt: skip
-        self.self_attn_sublayer = SublayerConnection(d_model, dropout, norm_position, eps, **wrap)
-        self.feed_forward = FeedForward(d_model, d_ff, activation)
-        self.feed_forward_sublayer = SublayerConnection(
-            d_model, dropout, norm_position, eps, **wrap
+        self._sublayer_args = (d_model, dropout, norm_position, eps)
+        self._wrap = dict(norm=norm, residual=residual)
+        self._feed_forward_args = (d_model, d_ff, activation)
+        self.self_attn = self._attention(
+            make_positions(positional, n_heads, d_k, d_v, relative_clip)
         )
+        self.self_attn_sublayer = self._sublayer()
+
+    def _attention(self, positions: PositionModule | None = None) -> MultiHeadAttention:
+        return MultiHeadAttention(**self._attention_args, positions=positions)
+
+    def _sublayer(self) -> SublayerConnection:
+        return SublayerConnection(*self._sublayer_args, **self._wrap)
+
+    def _add_feed_forward(self) -> None:
+        self.feed_forward = FeedForward(*self._feed_forward_args)
+        self.feed_forward_sublayer = self._sublayer()
+
+
+class EncoderLayer(_Layer):
+    """Multi-head self-attention, then the feed-forward network, each wrapped as above. The
+    arguments are `_Layer`'s."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._add_feed_forward()
 
     def forward(
         self,
@@ -139,49 +161,17 @@ class EncoderLayer(nn.Module):
         return self.feed_forward_sublayer(x, self.feed_forward, tokens)
 
 
-class DecoderLayer(nn.Module):
-    """Masked self-attention, attention over the encoder output, then the feed-forward network."""
+class DecoderLayer(_Layer):
+    """Masked self-attention, attention over the encoder output, then the feed-forward network.
+    The arguments are `_Layer`'s."""
 
-    def __init__(
-        self,
-        d_model: int,
-        n_heads: int,
-        d_k: int,
-        d_v: int,
-        d_ff: int,
-        dropout: float,
-        attention_dropout: float = 0.0,
-        norm_position: str = "post",
-        eps: float = 1e-5,
-        scale_attention: bool = True,
-        shared_query_key: bool = False,
-        norm: str = "layer",
-        activation: str = "relu",
-        residual: bool = True,
-        positional: str = "sinusoidal",
-        relative_clip: int = 16,
-        attention: str = "dot",
-    ):
-        super().__init__()
-        ablations = dict(
-            scale=scale_attention, shared_query_key=shared_query_key, scoring=attention
-        )
-        wrap = dict(norm=norm, residual=residual)
-        self.self_attn = MultiHeadAttention(
-            d_model, n_heads, d_k, d_v, attention_dropout, **ablations,
-            positions=make_positions(positional, n_heads, d_k, d_v, relative_clip),
-        )  # fmt: skip
-        self.self_attn_sublayer = SublayerConnection(d_model, dropout, norm_position, eps, **wrap)
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
         # No position term in cross-attention: the queries carry their positions from the
         # decoder's self-attention, the keys from the encoder's.
-        self.cross_attn = MultiHeadAttention(
-            d_model, n_heads, d_k, d_v, attention_dropout, **ablations
-        )
-        self.cross_attn_sublayer = SublayerConnection(d_model, dropout, norm_position, eps, **wrap)
-        self.feed_forward = FeedForward(d_model, d_ff, activation)
-        self.feed_forward_sublayer = SublayerConnection(
-            d_model, dropout, norm_position, eps, **wrap
-        )
+        self.cross_attn = self._attention()
+        self.cross_attn_sublayer = self._sublayer()
+        self._add_feed_forward()
 
     def forward(
         self,
