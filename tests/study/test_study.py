@@ -343,6 +343,80 @@ def test_seeds_are_trained_where_the_verdict_needs_them(tmp_path, monkeypatch):
     assert [len(o.runs) for o in outcomes] == [3, 3, 3]  # seeds trained earlier still count
 
 
+def test_rows_finished_in_another_study_with_the_same_recipe_are_reused(tmp_path, monkeypatch):
+    """Table 3's D3 (eps_ls = 0) and the questions' Q4 are one model, and both studies have the
+    base: with --reuse the second study trains neither again, at any seed."""
+    base = load_config(REPO / "configs" / "multi30k.yaml")
+    trained: list[tuple[str, int]] = []
+
+    def fake_train_row(row, config, row_dir, log):
+        trained.append((row.key, config.train.seed))
+        result = fake_result(config, row.key, 10.0 + config.train.seed)
+        row_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(row_dir / runner.RESULT, result)
+        return result
+
+    monkeypatch.setattr(runner, "train_row", fake_train_row)
+    budget = Budget(updates=8)
+    smoothing = {"label_smoothing": 0.0}
+    t3 = [BASE_ROW, Row("D3", "D", "eps_ls=0.0", optim=smoothing)]
+    runner.run_rows(t3, base, tmp_path / "t3", budget, 1, seeds=2, seeds_all=True)
+    assert len(trained) == 4
+    trained.clear()
+    logged: list[str] = []
+    questions = [
+        BASE_ROW,
+        Row("Q4", "Q", "no label smoothing", optim=smoothing),
+        Row("Q19", "Q", "GELU", {"activation": "gelu"}),
+    ]
+    outcomes = runner.run_rows(
+        questions, base, tmp_path / "q", budget, 1, log=logged.append, seeds=2, seeds_all=True,
+        reuse=[tmp_path / "t3"],
+    )  # fmt: skip
+    assert sorted(trained) == [("Q19", 1), ("Q19", 2)]
+    assert [[r.skipped for r in o.runs] for o in outcomes] == [[True, True], [True, True],
+                                                               [False, False]]  # fmt: skip
+    q4 = json.loads((tmp_path / "q" / "rows" / "Q4-s2" / "result.json").read_text())
+    assert q4["key"] == "Q4" and q4["valid_ppl"] == 12.0
+    assert q4["reused_from"] == str(tmp_path / "t3" / "rows" / "D3-s2")
+    assert any("[Q4] finished earlier, kept from" in line for line in logged)
+    # Another seed is another recipe: nothing to reuse.
+    trained.clear()
+    runner.run_rows(questions[:2], base, tmp_path / "q3", budget, 3, reuse=[tmp_path / "t3"])
+    assert sorted(trained) == [("Q4", 3), ("base", 3)]
+
+
+def test_the_questions_report_has_a_section_and_a_plot_per_question(tmp_path):
+    from transformer.study.report import by_question_markdown, question_groups, write_report
+    from transformer.study.rows import QUESTIONS
+
+    ppl = {"base": [10.0, 10.4], "Q1": [12.0, 12.5], "Q2": [10.2], "Q3": [9.0]}
+    expect = {"Q1": "base better", "Q2": "similar", "Q3": "base better"}
+    outcomes = synthetic_outcomes(ppl, expect)
+    asked = {"Q1": QUESTIONS["scale"], "Q2": QUESTIONS["residual"], "Q3": QUESTIONS["residual"]}
+    for o in outcomes[1:]:
+        object.__setattr__(o.row, "question", asked[o.row.key])
+    groups = question_groups(outcomes)
+    assert [(name, [o.row.key for o in rows]) for name, _, rows in groups] == [
+        ("scale", ["base", "Q1"]),
+        ("residual", ["base", "Q2", "Q3"]),
+    ]
+    markdown = by_question_markdown(outcomes, Budget(updates=8))
+    assert "## Why divide by sqrt(d_k)?" in markdown and "## Why residual connections?" in markdown
+    assert "| base | the paper's choice | 10.20 [10.00–10.40] |" in markdown
+    assert "| Q3 | row Q3 | 9.00 | 20.0 |" in markdown and markdown.endswith("contradicted |\n"
+        "\n![why residual connections?](by_question/residual.png)\n")  # fmt: skip
+    paths = write_report(tmp_path, "questions", outcomes, Budget(updates=8), [])
+    assert {p.name for p in paths} >= {"by_question.md", "scale.png", "residual.png"}
+    assert (tmp_path / "by_question" / "scale.png").read_bytes()[:4] == b"\x89PNG"
+    # The mean curve with its spread over seeds, update by update.
+    u, s = outcomes[1].curve_spread()[0]
+    assert (u, s.mean, s.min, s.max) == (4, pytest.approx(24.5), 24.0, 25.0)
+    (tmp_path / "t3").mkdir()
+    write_report(tmp_path / "t3", "table3", outcomes, Budget(updates=8), [])
+    assert not (tmp_path / "t3" / "by_question.md").exists()  # Table 3 has no questions
+
+
 def test_a_row_finished_before_learning_curves_is_still_recognised(tmp_path):
     """Validation settings do not change what a row learns: a result.json written with one
     validation at the end (valid_every 0, BLEU by the trainer) is kept; another seed is not."""
@@ -426,6 +500,9 @@ def test_every_row_of_both_studies_runs_and_is_reported(small_data, tmp_path, mo
         assert markdown.count("\n| ") == len(expected) + 1  # header + one line per row
         for name in ("results.png", "curves.png"):
             assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        if study == "questions":  # a plot per question but padding (no row)
+            assert len(list((out / "by_question").glob("*.png"))) == 13
+            assert (out / "by_question.md").read_text(encoding="utf-8").count("\n## ") == 13
 
     # A re-run trains nothing: every row is kept.
     def no_training(*args, **kwargs):

@@ -15,7 +15,8 @@ lies close to the base with all N. Re-running the same command skips finished ro
 an interrupted one.
 
     transformer study table3 --config configs/study-multi30k.yaml --budget 400 --seeds 3 --out out/t3
-    transformer study questions --config configs/study-multi30k.yaml --budget 400 --seeds 3 --out out/q
+    transformer study questions --config configs/study-multi30k.yaml --budget 400 --seeds 3 --out out/q \
+        --reuse out/t3    # the base and the rows both studies share are not trained twice
 """
 
 from __future__ import annotations
@@ -110,6 +111,15 @@ def add_row_arguments(parser: argparse.ArgumentParser) -> None:
         "curves (default 8; 0: only at the end; a time budget validates only at its end)",
     )
     parser.add_argument(
+        "--reuse",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="another study's output directory (repeatable): a row finished there with the same "
+        "recipe (config, budget and seed), whatever its key, is kept instead of trained again, "
+        "e.g. the base shared by table3 and questions",
+    )
+    parser.add_argument(
         "--jobs",
         type=int,
         default=0,
@@ -150,6 +160,13 @@ def run_rows_study(args: argparse.Namespace) -> int:
         if value < least:
             print(f"error: {name} must be >= {least}, got {value}", file=sys.stderr)
             return 2
+    for directory in args.reuse:
+        if not (Path(directory) / "rows").is_dir():
+            print(
+                f"error: --reuse {directory}: not a study's output (no rows/ in it)",
+                file=sys.stderr,
+            )
+            return 2
     devices = [str(i % gpus) for i in range(jobs)] if gpus else ["cpu"] * jobs
     seed = base.train.seed if args.seed is None else args.seed
     out = Path(args.out)
@@ -184,6 +201,7 @@ def run_rows_study(args: argparse.Namespace) -> int:
             seeds=args.seeds,
             seeds_all=args.seeds_all,
             curve_points=args.curve_points,
+            reuse=[Path(d) for d in args.reuse],
         )
     except (RowInterrupted, KeyboardInterrupt):
         print(

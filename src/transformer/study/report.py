@@ -2,7 +2,7 @@
 of the results and a plot of the learning curves.
 
 Written atomically into the study's output directory: results.csv, results.md, results.png and
-curves.png. Every number is the mean over a row's finished seeds; the spread over seeds (min, max,
+curves.png, and for the questions by_question.md with one learning-curve plot per question. Every number is the mean over a row's finished seeds; the spread over seeds (min, max,
 and the sample standard deviation from 3 seeds on) is given beside it, and `verdict` compares each
 row with the base and with what the paper leads one to expect.
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from transformer.io import atomic_write_bytes, atomic_write_text
+from transformer.study.rows import QUESTIONS
 from transformer.study.runner import Budget, RowOutcome, Spread, spread
 
 CSV_FIELDS = [
@@ -333,6 +334,47 @@ def plot_png(study: str, outcomes: list[RowOutcome], budget: Budget) -> bytes:
     return _png(fig)
 
 
+def _draw_curves(ax: Any, outcomes: list[RowOutcome], bands: bool = False) -> bool:
+    """Each finished row's learning curve on `ax` (mean over seeds; the base in black; with
+    `bands`, the min-max range over seeds shaded); whether any was drawn."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    done = [(o, o.curve_spread()) for o in outcomes if o.result is not None]
+    done = [(o, c) for o, c in done if c]
+    colors = plt.get_cmap("tab20").colors  # type: ignore[attr-defined]
+    styles = ("-", "--", ":", "-.")
+    others = 0
+    for outcome, curve in done:
+        steps, ppl = [u for u, _ in curve], [s.mean for _, s in curve]
+        marker = "o" if len(curve) == 1 else None
+        if outcome.row.key == "base":
+            color, style, width, label, order = "black", "-", 2.5, "base", 3
+        else:
+            color = colors[(2 * others if bands else others) % len(colors)]
+            style = styles[(others // len(colors)) % len(styles)]
+            width, label, order = 1.2, _row_label(outcome), 2
+            others += 1
+        ax.plot(steps, ppl, color=color, linestyle=style, linewidth=width, marker=marker,
+                label=label, zorder=order)  # fmt: skip
+        if bands and max(s.n for _, s in curve) > 1:
+            low, high = [s.min for _, s in curve], [s.max for _, s in curve]
+            ax.fill_between(steps, low, high, color=color, alpha=0.15, linewidth=0)
+    if done:
+        _log_axis(ax, "y", [s.mean for _, c in done for _, s in c])
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("updates")
+    ax.set_ylabel("dev PPL, log scale (lower is better)")
+    ax.grid(alpha=0.3, which="both")
+    return bool(done)
+
+
+def _seeds_note(outcomes: list[RowOutcome], budget: Budget) -> str:
+    seeds = max((len(o.results) for o in outcomes), default=1)
+    note = f"mean over up to {seeds} seeds; " if seeds > 1 else ""
+    return note + ("" if budget.updates else "a time budget is validated only at its end; ")
+
+
 def curves_png(study: str, outcomes: list[RowOutcome], budget: Budget) -> bytes:
     """Learning curves: dev perplexity against updates (log scale), the mean over each row's
     seeds; the base in black, one line per row."""
@@ -340,43 +382,74 @@ def curves_png(study: str, outcomes: list[RowOutcome], budget: Budget) -> bytes:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
-    done = [(o, o.curve()) for o in outcomes if o.result is not None]
-    done = [(o, c) for o, c in done if c]
     fig, ax = plt.subplots(figsize=(11, 6))
-    colors = plt.get_cmap("tab20").colors  # type: ignore[attr-defined]
-    styles = ("-", "--", ":", "-.")
-    others = 0
-    for outcome, curve in done:
-        steps, ppl = [u for u, _ in curve], [p for _, p in curve]
-        marker = "o" if len(curve) == 1 else None
-        if outcome.row.key == "base":
-            ax.plot(steps, ppl, color="black", linewidth=2.5, marker=marker, label="base", zorder=3)
-            continue
-        ax.plot(
-            steps, ppl,
-            color=colors[others % len(colors)],
-            linestyle=styles[(others // len(colors)) % len(styles)],
-            linewidth=1.2, marker=marker, label=_row_label(outcome),
-        )  # fmt: skip
-        others += 1
-    if done:
-        _log_axis(ax, "y", [p for _, c in done for _, p in c])
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("updates")
-    ax.set_ylabel("dev PPL, log scale (lower is better)")
-    ax.grid(alpha=0.3, which="both")
-    if done:
+    if _draw_curves(ax, outcomes):
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    seeds = max((len(o.results) for o, _ in done), default=1)
-    note = f"mean over up to {seeds} seeds; " if seeds > 1 else ""
-    if not budget.updates:
-        note += "a time budget is validated only at its end; "
-    ax.set_title(f"{TITLES[study]}\nlearning curves, {budget} per row; {note}base in black",
-                 fontsize=10)  # fmt: skip
+    ax.set_title(f"{TITLES[study]}\nlearning curves, {budget} per row; "
+                 f"{_seeds_note(outcomes, budget)}base in black", fontsize=10)  # fmt: skip
     fig.tight_layout()
     return _png(fig)
+
+
+BY_QUESTION = "by_question"  # OUT/by_question.md and OUT/by_question/NAME.png
+
+
+def question_groups(outcomes: list[RowOutcome]) -> list[tuple[str, str, list[RowOutcome]]]:
+    """(name, question, [base, its rows]) for every question some row answers, in the order of
+    `QUESTIONS` (name: its key there, e.g. "scale")."""
+    base = [o for o in outcomes if o.row.key == "base"]
+    groups = []
+    for name, question in QUESTIONS.items():
+        rows = [o for o in outcomes if o.row.question == question]
+        if rows:
+            groups.append((name, question, base + rows))
+    return groups
+
+
+def question_curves_png(question: str, outcomes: list[RowOutcome], budget: Budget) -> bytes:
+    """One question's learning curves: the base and the rows that answer it, seeds shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    if _draw_curves(ax, outcomes, bands=True):
+        ax.legend(fontsize=8, frameon=False)
+    ax.set_title(f"{question}\n{budget} per row; {_seeds_note(outcomes, budget)}"
+                 "shaded: min-max over seeds", fontsize=9)  # fmt: skip
+    fig.tight_layout()
+    return _png(fig)
+
+
+def by_question_markdown(outcomes: list[RowOutcome], budget: Budget, context: str = "") -> str:
+    """A section per question: its rows against the base, and its learning-curve plot."""
+    found = verdicts(outcomes)
+    lines = [f"# {TITLES['questions']}: by question", "", f"Budget: {budget} per row. {context}"]
+    header = ["row", "change", "dev PPL", "dev BLEU", "params ×10⁶", "seeds", "expected", "verdict"]
+    for name, question, group in question_groups(outcomes):
+        lines += ["", f"## {question[0].upper()}{question[1:]}", ""]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for o in group:
+            f = _flat(o, found[o.row.key])
+            change = "the paper's choice" if o.row.key == "base" else f["description"]
+            if f.get("updates") is None:
+                cells = [o.row.key, change, "failed", "failed", "", "0", f["expect"], ""]
+            else:
+                cells = [
+                    o.row.key,
+                    change,
+                    format_spread(f["valid_ppl_spread"], 2),
+                    format_spread(f["valid_bleu_spread"], 1),
+                    _millions(f["parameters"]),
+                    str(f["seeds"]),
+                    f["expect"],
+                    f["verdict"],
+                ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", f"![{question}]({BY_QUESTION}/{name}.png)"]
+    return "\n".join(lines) + "\n"
 
 
 def write_report(
@@ -387,10 +460,18 @@ def write_report(
     notes: list[str],
     context: str = "",
 ) -> list[Path]:
-    """Write OUT/results.csv, results.md, results.png and curves.png; returns their paths."""
+    """Write OUT/results.csv, results.md, results.png and curves.png, and for the questions
+    OUT/by_question.md with a plot per question in OUT/by_question/; returns their paths."""
     paths = [out / "results.csv", out / "results.md", out / "results.png", out / "curves.png"]
     atomic_write_text(paths[0], results_csv(outcomes))
     atomic_write_text(paths[1], markdown_table(study, outcomes, budget, notes, context))
     atomic_write_bytes(paths[2], plot_png(study, outcomes, budget))
     atomic_write_bytes(paths[3], curves_png(study, outcomes, budget))
+    if study == "questions":
+        paths.append(out / f"{BY_QUESTION}.md")
+        atomic_write_text(paths[-1], by_question_markdown(outcomes, budget, context))
+        (out / BY_QUESTION).mkdir(exist_ok=True)
+        for name, question, group in question_groups(outcomes):
+            paths.append(out / BY_QUESTION / f"{name}.png")
+            atomic_write_bytes(paths[-1], question_curves_png(question, group, budget))
     return paths

@@ -16,6 +16,10 @@ the first seed only, then with all of them if its perplexity lies within twice t
 the base's mean (`needs_more_seeds`: there its verdict could change with the seed), or always with
 `seeds_all`. A row's results are aggregated over its finished seeds (`Spread`).
 
+Reuse: `reuse` names other studies' output directories; a row (at a seed) finished there with the
+same recipe, under any key (Table 3's D3 and the questions' Q4 are one model), is kept instead of
+trained again: its result.json is copied into this study's row directory with `reused_from`.
+
 Rows run one after another in this process, or with `jobs > 1` in a pool of worker processes,
 each pinned to one GPU (or sharing the CPU cores).
 """
@@ -139,6 +143,30 @@ def row_config(
 def _recipe(config: dict[str, Any]) -> dict[str, Any]:
     train = {k: v for k, v in config.get("train", {}).items() if k not in VALIDATION_KEYS}
     return {**config, "train": train}
+
+
+def reused_result(
+    row: Row, config: RunConfig, row_dir: Path, reuse: Sequence[Path]
+) -> dict[str, Any] | None:
+    """A result finished with `config`'s recipe in one of the `reuse` study directories (any row
+    key), copied into `row_dir` under this row's key; None if there is none."""
+    for study in reuse:
+        for other in sorted((study / ROWS).glob("*")):
+            result = finished_result(other, config)
+            if result is None:
+                continue
+            result = {
+                **result,
+                "key": row.key,
+                "group": row.group,
+                "description": row.description,
+                "reused_from": str(other),
+            }
+            row_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(row_dir / RESULT, result)
+            (row_dir / ERROR).unlink(missing_ok=True)
+            return result
+    return None
 
 
 def finished_result(row_dir: Path, config: RunConfig) -> dict[str, Any] | None:
@@ -297,8 +325,8 @@ class RowOutcome:
     def bleu(self) -> Spread | None:
         return spread([r["valid_bleu"] for r in self.results if r.get("valid_bleu") is not None])
 
-    def curve(self) -> list[tuple[int, float]]:
-        """(update, mean dev perplexity over the seeds) at the updates where every seed with a
+    def curve_spread(self) -> list[tuple[int, Spread]]:
+        """(update, dev perplexity over the seeds) at the updates where every seed with a
         learning curve was validated; results written before curves were recorded give their
         final point, and only when no seed has a curve."""
         with_curve = [r["curve"] for r in self.results if r.get("curve")]
@@ -309,7 +337,11 @@ class RowOutcome:
         if not curves:
             return []
         steps = sorted(set.intersection(*(set(c) for c in curves)))
-        return [(u, statistics.fmean(c[u] for c in curves)) for u in steps]
+        return [(u, s) for u in steps if (s := spread([c[u] for c in curves])) is not None]
+
+    def curve(self) -> list[tuple[int, float]]:
+        """(update, mean dev perplexity over the seeds): `curve_spread`'s means."""
+        return [(u, s.mean) for u, s in self.curve_spread()]
 
 
 @dataclass(frozen=True)
@@ -359,13 +391,15 @@ def run_rows(
     seeds: int = 1,
     seeds_all: bool = False,
     curve_points: int = 0,
+    reuse: Sequence[Path] = (),
 ) -> list[RowOutcome]:
     """Run every row not yet finished; outcomes in the order of `rows`.
 
     The row keyed "base" is trained with `seeds` seeds (seed, seed + 1, ...), every other row with
     the first, then with all if `needs_more_seeds` (or `seeds_all`). `devices`: one entry per
     worker for `jobs > 1`, e.g. ["0", "1"] (CUDA device indices, each worker sees only its own)
-    or ["cpu", "cpu"] (workers share the CPU cores).
+    or ["cpu", "cpu"] (workers share the CPU cores). `reuse`: other studies' output directories
+    whose finished rows of the same recipe are kept (`reused_result`).
     """
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
@@ -381,7 +415,7 @@ def run_rows(
         for row in rows
         for i in range(1, (seeds if seeds_all or row.key == "base" else 1) + 1)
     ]
-    for t, run in _run_tasks(first, budget, jobs, devices, log):
+    for t, run in _run_tasks(first, budget, jobs, devices, log, reuse):
         outcomes[t.row.key].runs.append(run)
     if seeds > 1 and not seeds_all:
         base_ppls = [r["valid_ppl"] for r in outcomes["base"].results] if "base" in outcomes else []
@@ -403,7 +437,7 @@ def run_rows(
                 f"{len(sorted({t.row.key for t in more}))} row(s) within twice the base's range of "
                 f"its perplexity: training their seeds 2-{seeds}"
             )
-        for t, run in _run_tasks(more, budget, jobs, devices, log):
+        for t, run in _run_tasks(more, budget, jobs, devices, log, reuse):
             outcomes[t.row.key].runs.append(run)
     for outcome in outcomes.values():
         outcome.runs.sort(key=lambda r: r.index)
@@ -416,14 +450,19 @@ def _run_tasks(
     jobs: int,
     devices: list[str] | None,
     log: Callable[[str], None],
+    reuse: Sequence[Path] = (),
 ) -> list[tuple[_Task, SeedRun]]:
-    """Each task's run: kept if finished earlier, else trained (here or in a pool of workers)."""
+    """Each task's run: kept if finished earlier (here or, with the same recipe, in a `reuse`
+    directory), else trained (here or in a pool of workers)."""
     done: list[tuple[_Task, SeedRun]] = []
     todo: list[_Task] = []
     for t in tasks:
         result = finished_result(t.row_dir, t.config)
+        if result is None:
+            result = reused_result(t.row, t.config, t.row_dir, reuse)
         if result is not None:
-            log(f"[{t.label}] finished earlier, kept: {t.row.description}")
+            where = f" from {result['reused_from']}" if "reused_from" in result else ""
+            log(f"[{t.label}] finished earlier, kept{where}: {t.row.description}")
             done.append((t, SeedRun(t.index, t.seed, result, skipped=True)))
         else:
             todo.append(t)
