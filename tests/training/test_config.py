@@ -74,6 +74,14 @@ def test_a_run_directory_refuses_a_changed_recipe_but_accepts_a_longer_run(tmp_p
     other = parse_config(micro_config(tmp_path, optim={"warmup": 99}), where="c")
     with pytest.raises(ConfigError, match=r"optim.warmup: 10 -> 99"):
         prepare_run_dir(other, tmp_path / "run")
+    # With a cooldown the schedule ends at max_updates: a longer run is another recipe.
+    cooled = parse_config(micro_config(tmp_path, optim={"cooldown": 2}), where="d")
+    prepare_run_dir(cooled, tmp_path / "cooled")
+    longer = cooled.replace("train", max_updates=cooled.train.max_updates + 1)
+    with pytest.raises(ConfigError, match=r"train.max_updates"):
+        prepare_run_dir(longer, tmp_path / "cooled")
+    with pytest.raises(ConfigError, match=r"optim.cooldown: 99 updates is more than train"):
+        parse_config(micro_config(tmp_path, optim={"cooldown": 99}), where="e")
 
 
 def test_every_value_out_of_its_limits_is_named_with_the_limit(tmp_path: Path) -> None:

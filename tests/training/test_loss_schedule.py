@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from tests.conftest import B, T, V
 from transformer.training import loss as loss_module
 from transformer.training.loss import label_smoothed_nll_loss
-from transformer.training.schedule import noam_learning_rate
+from transformer.training.schedule import cooldown_factor, noam_learning_rate
 from transformer.vocab import PAD_ID
 
 
@@ -127,3 +127,9 @@ def test_schedule_equals_the_paper_formula() -> None:
 def test_schedule_counts_updates_from_one() -> None:
     with pytest.raises(ValueError, match="from 1"):
         noam_learning_rate(0, 512, 4000)
+
+
+def test_the_cooldown_lowers_the_rate_linearly_over_the_last_updates() -> None:
+    assert [cooldown_factor(s, 10, 4) for s in range(1, 11)] == [1] * 6 + [1, 0.75, 0.5, 0.25]
+    assert [cooldown_factor(s, 10, 0) for s in (1, 10)] == [1.0, 1.0]  # off
+    assert cooldown_factor(11, 10, 4) == 0.0  # past the budget (never trained)

@@ -59,6 +59,21 @@ def test_the_schedule_advances_once_per_update_not_per_batch(small_data: Path) -
     assert lr == pytest.approx(noam_learning_rate(5, 32, 10))
 
 
+def test_a_cooldown_anneals_the_last_updates(small_data: Path) -> None:
+    trainer = Trainer(
+        run_config(small_data, optim={"cooldown": 4}, train={"max_updates": 5, "save_every": 0}),
+        small_data.parent / "run-cooldown",
+        log=lambda message: None,
+    )
+    assert [trainer.learning_rate(s) / noam_learning_rate(s, 32, 10) for s in range(1, 6)] == [
+        pytest.approx(x) for x in (1, 1, 0.75, 0.5, 0.25)
+    ]
+    trainer.train()
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(
+        noam_learning_rate(5, 32, 10) / 4
+    )
+
+
 def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(
     small_data: Path, tmp_path: Path
 ) -> None:

@@ -69,6 +69,9 @@ class OptimConfig:
     # lr = lr_factor * d_model^-0.5 * min(step^-0.5, step * warmup^-1.5), step = optimizer updates.
     lr_factor: float = setting(1.0, gt=0.0)
     warmup: int = setting(4000, ge=1)
+    # Not in the paper: lower the rate linearly to ~0 over the last `cooldown` updates before
+    # train.max_updates (0 = off). A run that ends at its update budget ends annealed.
+    cooldown: int = setting(0, ge=0)
     # Label smoothing epsilon_ls (paper §5.4).
     label_smoothing: float = setting(0.1, ge=0.0, lt=1.0)
     # Accumulate gradients over this many batches per update (reach ~25k tokens on small hardware).
@@ -203,6 +206,12 @@ def parse_config(data: Any, where: str) -> RunConfig:
             built[name] = from_dict(cls, section, where=f"{name} section")
         except ConfigError as e:
             problems += [f"{name}.{p}" for p in e.problems]
+    if "optim" in built and "train" in built:
+        cooldown, budget = built["optim"].cooldown, built["train"].max_updates
+        if cooldown > budget:
+            problems.append(
+                f"optim.cooldown: {cooldown} updates is more than train.max_updates ({budget})"
+            )
     model = data.get("model") or {}
     if not isinstance(model, dict):
         problems.append(f"model: expected a mapping, got {type(model).__name__}")

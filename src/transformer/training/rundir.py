@@ -28,7 +28,10 @@ def prepare_run_dir(config: RunConfig, run_dir: Path, write: bool = True) -> Non
         except (ValueError, ConfigError) as e:
             raise ConfigError(str(path), [f"cannot read the run's recorded config: {e}"]) from None
         changes = config_changes(saved, config)
-        fixed = [c for c in changes if c.split(":")[0] not in RESUMABLE_CHANGES]
+        resumable = set(RESUMABLE_CHANGES)
+        if config.optim.cooldown or saved.optim.cooldown:  # the schedule ends at max_updates
+            resumable.discard("train.max_updates")
+        fixed = [c for c in changes if c.split(":")[0] not in resumable]
         if fixed:
             raise ConfigError(
                 f"{run_dir} (the run was started with another config; use a new --run-dir to "

@@ -5,6 +5,13 @@
 It rises linearly for `warmup_steps` and then decays with the inverse square root of the step.
 `step` counts optimizer updates (starting at 1), never micro-batches: under gradient accumulation
 the rate changes once per update.
+
+Not in the paper: an optional cooldown lowers the rate linearly towards zero over the last
+`cooldown` updates of a run of `max_updates` (the "decay" of warmup-stable-decay schedules;
+Li et al. 2020, "Budget-aware training", and Hägele et al. 2024 show that a run annealed at the
+end of its budget gets close to what a longer run with the same schedule would reach there). It
+lets short runs that are compared with each other, like the studies' rows, end annealed rather
+than mid-schedule.
 """
 
 from __future__ import annotations
@@ -15,3 +22,12 @@ def noam_learning_rate(step: int, d_model: int, warmup: int, factor: float = 1.0
     if step < 1:
         raise ValueError(f"step counts updates from 1, got {step}")
     return factor * d_model**-0.5 * min(step**-0.5, step * warmup**-1.5)
+
+
+def cooldown_factor(step: int, max_updates: int, cooldown: int) -> float:
+    """The multiplier of the rate at update `step`: 1 until the last `cooldown` updates of
+    `max_updates`, then (max_updates + 1 - step) / cooldown, down to 1 / cooldown at the last;
+    always 1 with `cooldown` 0."""
+    if cooldown <= 0:
+        return 1.0
+    return min(1.0, max(0, max_updates + 1 - step) / cooldown)

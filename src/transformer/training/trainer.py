@@ -47,7 +47,7 @@ from transformer.training.distributed import init_distributed
 from transformer.training.errors import TrainingError
 from transformer.training.metrics import METRICS, LossWindow, MetricsLog
 from transformer.training.objective import objective_for
-from transformer.training.schedule import noam_learning_rate
+from transformer.training.schedule import cooldown_factor, noam_learning_rate
 from transformer.training.state import Progress, rng_state, set_rng_state
 from transformer.training.validation import HIGHER_IS_BETTER, describe, validator_for
 
@@ -166,9 +166,11 @@ class Trainer:
         return self.stopped_by is not None
 
     def learning_rate(self, step: int) -> float:
-        """The paper's schedule (section 5.3) at optimizer update `step` (1-based)."""
+        """The paper's schedule (section 5.3) at optimizer update `step` (1-based), with the
+        optional cooldown before train.max_updates."""
         o = self.config.optim
-        return noam_learning_rate(step, self.model_config.d_model, o.warmup, o.lr_factor)
+        rate = noam_learning_rate(step, self.model_config.d_model, o.warmup, o.lr_factor)
+        return rate * cooldown_factor(step, self.config.train.max_updates, o.cooldown)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.device, self.precision)
