@@ -273,6 +273,7 @@ def test_the_report_shows_spreads_expectations_and_verdicts():
     lines = {line.split(" | ")[0]: line for line in markdown.splitlines() if line.startswith("| ")}
     assert "| seeds | expected | verdict |" in lines["| row"]
     assert "| 10.20 ± 0.20 [10.00–10.40] |" in lines["| base"]  # mean ± std [min–max]
+    assert "Training time: 0.01 hours over 9 run(s) (" in markdown  # 0.1 minute each
     assert lines["| Q1"].endswith("| 12.00 | 20.0 | 0.00 | 1 | base better | reproduced |")
     assert "| 7.10 [7.00–7.20] |" in lines["| Q3"] and lines["| Q3"].endswith("| contradicted |")
     table = {r["key"]: r for r in csv.DictReader(results_csv(outcomes).splitlines())}

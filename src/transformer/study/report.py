@@ -81,6 +81,18 @@ def verdicts(outcomes: list[RowOutcome]) -> dict[str, str]:
     }
 
 
+def training_time(outcomes: list[RowOutcome]) -> str:
+    """The training time of every finished run of the study, in words (reused runs count where
+    they were trained, not here)."""
+    results = [r for o in outcomes for r in o.results]
+    own = [r for r in results if "reused_from" not in r]
+    hours = sum(r["train_minutes"] for r in own) / 60
+    text = f"Training time: {hours:.2f} hours over {len(own)} run(s)"
+    if len(own) < len(results):
+        text += f", and {len(results) - len(own)} reused from another study"
+    return text + " (the processes' wall-clock, validation and BLEU excluded)."
+
+
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
@@ -194,6 +206,8 @@ def markdown_table(
         f"## {TITLES[study]}",
         "",
         f"Budget: {budget} per row. {context}".strip(),
+        "",
+        training_time(outcomes),
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
