@@ -501,9 +501,9 @@ def test_every_row_of_both_studies_runs_and_is_reported(small_data, tmp_path, mo
         assert markdown.count("\n| ") == len(expected) + 1  # header + one line per row
         for name in ("results.png", "curves.png"):
             assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        if study == "questions":  # a plot per question but padding (no row)
-            assert len(list((out / "by_question").glob("*.png"))) == 13
-            assert (out / "by_question.md").read_text(encoding="utf-8").count("\n## ") == 13
+        if study == "questions":  # a plot per question (padding's from the padding probe)
+            assert len(list((out / "by_question").glob("*.png"))) == 14
+            assert (out / "by_question.md").read_text(encoding="utf-8").count("\n## ") == 14
 
     # A re-run trains nothing: every row is kept.
     def no_training(*args, **kwargs):

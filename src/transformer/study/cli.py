@@ -25,6 +25,7 @@ import argparse
 import importlib
 import sys
 from pathlib import Path
+from typing import Any
 
 from transformer.config import ConfigError
 
@@ -214,7 +215,8 @@ def run_rows_study(args: argparse.Namespace) -> int:
         f" with {', '.join(args.overrides)}" if args.overrides else ""
     )
     context += f"; {seeds}; validation split {base.data.valid_split} of {base.data.dir}."
-    paths = write_report(out, args.study, outcomes, budget, notes, context)
+    padding = _padding_probe(out, base, outcomes) if args.study == "questions" else None
+    paths = write_report(out, args.study, outcomes, budget, notes, context, padding)
     print((out / "results.md").read_text(encoding="utf-8"))
     print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
     failed = [o for o in outcomes if o.error is not None]
@@ -234,3 +236,21 @@ def _seeds_text(first: int, n: int) -> str:
     if n == 1:
         return f"seed {first}"
     return f"seeds {first}, {first + 1}" if n == 2 else f"seeds {first}-{first + n - 1}"
+
+
+def _padding_probe(out: Path, base: Any, outcomes: list[Any]) -> dict[str, Any] | None:
+    """The padding question's measurement on the base row's first seed, once it is trained
+    (None before, or if it cannot be measured: said on stderr)."""
+    from transformer.study.padding import study_probe
+    from transformer.study.rows import BASE_ROW
+    from transformer.study.runner import run_dir
+
+    result = next((o.result for o in outcomes if o.row.key == "base"), None)
+    if result is None:
+        return None
+    trained = Path(result.get("reused_from") or run_dir(out, BASE_ROW))  # a reused base: its own
+    try:
+        return study_probe(out, trained, Path(base.data.dir), base.data.valid_split)
+    except Exception as e:  # the rows' results stand without it
+        print(f"padding probe: not measured ({type(e).__name__}: {e})", file=sys.stderr)
+        return None

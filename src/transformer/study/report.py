@@ -437,15 +437,28 @@ def question_curves_png(question: str, outcomes: list[RowOutcome], budget: Budge
     return _png(fig)
 
 
-def by_question_markdown(outcomes: list[RowOutcome], budget: Budget, context: str = "") -> str:
-    """A section per question: its rows against the base, and its learning-curve plot."""
+def by_question_markdown(
+    outcomes: list[RowOutcome],
+    budget: Budget,
+    context: str = "",
+    padding: dict[str, Any] | None = None,
+) -> str:
+    """A section per question: its rows against the base and its learning-curve plot; for the
+    padding question, which has no row, the padding probe's table and plot (when measured)."""
     found = verdicts(outcomes)
     lines = [f"# {TITLES['questions']}: by question", "", f"Budget: {budget} per row. {context}"]
     header = ["row", "change", "dev PPL", "dev BLEU", "params ×10⁶", "seeds", "expected", "verdict"]
-    for name, question, group in question_groups(outcomes):
+    groups = {name: group for name, _, group in question_groups(outcomes)}
+    for name, question in QUESTIONS.items():
+        if name == "padding" and padding is not None:
+            lines += ["", f"## {question[0].upper()}{question[1:]}", ""]
+            lines += padding_markdown(padding, f"{BY_QUESTION}/{name}.png")
+            continue
+        if name not in groups:
+            continue
         lines += ["", f"## {question[0].upper()}{question[1:]}", ""]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for o in group:
+        for o in groups[name]:
             f = _flat(o, found[o.row.key])
             change = "the paper's choice" if o.row.key == "base" else f["description"]
             if f.get("updates") is None:
@@ -466,6 +479,58 @@ def by_question_markdown(outcomes: list[RowOutcome], budget: Budget, context: st
     return "\n".join(lines) + "\n"
 
 
+def padding_markdown(result: dict[str, Any], image: str) -> list[str]:
+    """The padding probe's table (and its plot) as Markdown lines."""
+    from transformer.study.padding import CHANGED_NATS
+
+    lines = [
+        f"The base row's final weights (fp32) on the {result['sentences']} validation sentences: "
+        "each target sentence's log-probability computed alone, then in padded batches with the "
+        "key padding mask and without it. 'moved' is how far a sentence's log-probability "
+        f"(nats) is from its value alone; 'changed': the share of sentences moved by more than "
+        f"{CHANGED_NATS}.",
+        "",
+        "| batches | padding mask | padding share | dev PPL | largest move | mean move | changed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        mask = "" if r["masked"] is None else "yes" if r["masked"] else "**no**"
+        lines.append(
+            f"| {r['batches']} | {mask} | {100 * r['padding']:.0f}% | {r['ppl']:.3f} | "
+            f"{r['max_change']:.2g} | {r['mean_change']:.2g} | {100 * r['changed']:.0f}% |"
+        )
+    return [*lines, "", f"![how is padding masked?]({image})"]
+
+
+def padding_png(result: dict[str, Any]) -> bytes:
+    """Each sentence's change of log-probability per token (batched minus alone) against the
+    padding its source row carried, random-order batches, with and without the mask."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for name, color in (("unmasked", "tab:red"), ("masked", "tab:blue")):
+        points = result["scatter"].get(name, [])
+        ax.scatter(
+            [p for p, _ in points], [c for _, c in points], s=6, alpha=0.5, color=color,
+            label=f"{name}" + (" (the mask on: every point at 0)" if name == "masked" else ""),
+        )  # fmt: skip
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("padding tokens in the sentence's source row")
+    ax.set_ylabel("NLL per token, batched - alone (nats)")
+    ax.set_title(
+        f"how is padding masked? {result['sentences']} validation sentences in random batches "
+        f"of {result['batch_size']}",
+        fontsize=9,
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def write_report(
     out: Path,
     study: str,
@@ -473,9 +538,11 @@ def write_report(
     budget: Budget,
     notes: list[str],
     context: str = "",
+    padding: dict[str, Any] | None = None,
 ) -> list[Path]:
     """Write OUT/results.csv, results.md, results.png and curves.png, and for the questions
-    OUT/by_question.md with a plot per question in OUT/by_question/; returns their paths."""
+    OUT/by_question.md with a plot per question in OUT/by_question/ (`padding`: the padding
+    probe's result, for that question's section); returns their paths."""
     paths = [out / "results.csv", out / "results.md", out / "results.png", out / "curves.png"]
     atomic_write_text(paths[0], results_csv(outcomes))
     atomic_write_text(paths[1], markdown_table(study, outcomes, budget, notes, context))
@@ -483,9 +550,12 @@ def write_report(
     atomic_write_bytes(paths[3], curves_png(study, outcomes, budget))
     if study == "questions":
         paths.append(out / f"{BY_QUESTION}.md")
-        atomic_write_text(paths[-1], by_question_markdown(outcomes, budget, context))
+        atomic_write_text(paths[-1], by_question_markdown(outcomes, budget, context, padding))
         (out / BY_QUESTION).mkdir(exist_ok=True)
         for name, question, group in question_groups(outcomes):
             paths.append(out / BY_QUESTION / f"{name}.png")
             atomic_write_bytes(paths[-1], question_curves_png(question, group, budget))
+        if padding is not None:
+            paths.append(out / BY_QUESTION / "padding.png")
+            atomic_write_bytes(paths[-1], padding_png(padding))
     return paths
