@@ -180,7 +180,8 @@ PADDING_NOTE = (
     f"padding ({QUESTIONS['padding']}): no row. The key padding mask is not a design decision "
     "that can be reversed: without it a sentence's representation would depend on how much "
     "padding its batch happened to have, so the model would compute a different function of the "
-    "same sentence in every batch and at decoding time. The question is left to the documentation."
+    "same sentence in every batch and at decoding time. Instead the base row's final weights "
+    "are measured with and without the mask (by_question.md, transformer.study.padding)."
 )
 
 
