@@ -139,7 +139,7 @@ def test_question_rows_reverse_one_decision_each():
         "base better",
     ]
     assert all(r.question and r.description and r.expect in EXPECTATIONS for r in rows)
-    # Padding has no honest row: the question is left to the documentation, and said so.
+    # Padding has no honest row: it is measured on the base row instead (the padding probe).
     assert any(n.startswith("padding") and "no row" in n for n in notes)
     assert not any("left out" in n for n in notes)
     # One head of d_model costs what h heads of d_model / h cost; h = 4 heads of d_model widen
