@@ -189,6 +189,18 @@ def format_spread(s: Spread | None, digits: int) -> str:
     return text
 
 
+def _result_cells(f: dict[str, Any]) -> list[str]:
+    """A finished row's result columns: dev PPL, dev BLEU, parameters, seeds, expected, verdict."""
+    return [
+        format_spread(f["valid_ppl_spread"], 2),
+        format_spread(f["valid_bleu_spread"], 1),
+        _millions(f["parameters"]),
+        str(f["seeds"]),
+        f["expect"],
+        f["verdict"],
+    ]
+
+
 def markdown_table(
     study: str, outcomes: list[RowOutcome], budget: Budget, notes: list[str], context: str = ""
 ) -> str:
@@ -229,19 +241,7 @@ def markdown_table(
                 value = str(get(f))
                 same = base is not None and f is not base and value == str(get(base))
                 sizes.append("" if same else value)
-            cells = [
-                label,
-                *sizes,
-                *asked,
-                change,
-                str(f["updates"]),
-                format_spread(f["valid_ppl_spread"], 2),
-                format_spread(f["valid_bleu_spread"], 1),
-                _millions(f["parameters"]),
-                str(f["seeds"]),
-                f["expect"],
-                f["verdict"],
-            ]
+            cells = [label, *sizes, *asked, change, str(f["updates"]), *_result_cells(f)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -464,16 +464,7 @@ def by_question_markdown(
             if f.get("updates") is None:
                 cells = [o.row.key, change, "failed", "failed", "", "0", f["expect"], ""]
             else:
-                cells = [
-                    o.row.key,
-                    change,
-                    format_spread(f["valid_ppl_spread"], 2),
-                    format_spread(f["valid_bleu_spread"], 1),
-                    _millions(f["parameters"]),
-                    str(f["seeds"]),
-                    f["expect"],
-                    f["verdict"],
-                ]
+                cells = [o.row.key, change, *_result_cells(f)]
             lines.append("| " + " | ".join(cells) + " |")
         lines += ["", f"![{question}]({BY_QUESTION}/{name}.png)"]
     return "\n".join(lines) + "\n"
