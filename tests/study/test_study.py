@@ -463,6 +463,15 @@ def test_bad_counts_are_refused(option, tmp_path, capsys):
     assert not (tmp_path / "rows").exists()
 
 
+def test_reuse_of_a_directory_that_is_no_study_is_refused(tmp_path, capsys):
+    config = REPO / "configs" / "study-multi30k.yaml"
+    args = ["study", "questions", "--config", str(config), "--budget", "2", "--out", str(tmp_path)]
+    assert main([*args, "--reuse", str(tmp_path / "nowhere")]) == 2
+    assert (
+        "--reuse " + str(tmp_path / "nowhere") + ": not a study's output" in capsys.readouterr().err
+    )
+
+
 def study_config(tmp_path: Path, data: Path) -> Path:
     config = micro_config(data, train={"progress": False, "log_every": 1})
     return write_config(tmp_path / "base.yaml", config)
