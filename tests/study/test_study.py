@@ -613,3 +613,18 @@ def test_seeds_and_learning_curves_of_real_rows(small_data, tmp_path, monkeypatc
     monkeypatch.setattr(runner, "train_row", no_training)
     assert main(args) == 0
     assert [r["status"] for r in read_csv(out / "results.csv")] == ["kept", "kept"]
+
+
+def test_a_worker_whose_study_process_died_stops_its_row(monkeypatch):
+    """The watchdog of a pool worker: while the parent lives, nothing; once the worker is
+    orphaned, SIGTERM to itself (the trainer checkpoints and stops), then exit."""
+    import os
+    import signal
+
+    parents = iter([100, 100, 1])  # alive, alive, then orphaned (re-parented)
+    sent: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "getppid", lambda: next(parents))
+    monkeypatch.setattr(os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    monkeypatch.setattr(os, "_exit", lambda code: sent.append((-1, code)))
+    runner.watch_parent(100, interval=0.0, grace=0.0)
+    assert sent == [(os.getpid(), signal.SIGTERM), (-1, 1)]

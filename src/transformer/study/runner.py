@@ -30,8 +30,11 @@ import json
 import math
 import multiprocessing
 import os
+import signal
 import statistics
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -499,10 +502,24 @@ def _run_tasks(
 
 
 def _init_worker(queue: Any, threads: int) -> None:
-    """Pin a pool worker to its device before anything touches CUDA."""
+    """Pin a pool worker to its device before anything touches CUDA, and stop it when the study
+    process dies (`watch_parent`)."""
     device = queue.get()
     if device != "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = device
     import torch
 
     torch.set_num_threads(threads)
+    threading.Thread(target=watch_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def watch_parent(parent: int, interval: float = 2.0, grace: float = 120.0) -> None:
+    """Run in a pool worker: once its parent, the study process, is gone (killed, say), send the
+    worker SIGTERM, so that the row in training saves a checkpoint and stops (the next run of
+    the study resumes it), then end the worker after `grace` seconds. Without this a killed
+    study leaves its workers training on as orphans."""
+    while os.getppid() == parent:
+        time.sleep(interval)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(grace)
+    os._exit(1)
