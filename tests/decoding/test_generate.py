@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from tests.copy_model import copy_batch
 from transformer.decoding import DecodeOptions, generate
+from transformer.decoding.engine import TorchEngine
 from transformer.hardware import autocast
-from transformer.model import padding_mask
+from transformer.model import autocast_copy, padding_mask
 from transformer.vocab import PAD_ID
 
 
@@ -78,6 +80,32 @@ def test_cached_equals_uncached(copy_model, sources, method, beam, precision):
     assert torch.equal(cached.tokens, uncached.tokens)
     assert cached.score.dtype == torch.float32
     torch.testing.assert_close(cached.score, uncached.score, rtol=0, atol=SCORE_ATOL[precision])
+
+
+@pytest.mark.parametrize("method,beam", [("greedy", 1), ("beam", 4)])
+def test_the_autocast_copy_decodes_exactly_as_autocast(copy_model, sources, method, beam):
+    """`autocast_copy`, what the torch engine decodes with in bf16, holds the linear maps (and an
+    untied output projection) in bf16 once instead of having autocast cast them at every step:
+    the very same tokens and scores, bit for bit, and the original model untouched."""
+    src, max_len = sources
+    copy = autocast_copy(copy_model, torch.bfloat16)
+    settings = DecodeOptions(method=method, beam=beam)
+    with autocast("cpu", "bf16"):
+        expected = generate([copy_model], src, max_len, settings)
+        got = generate([copy], src, max_len, settings)
+    assert torch.equal(expected.tokens, got.tokens) and torch.equal(expected.score, got.score)
+    linear = {
+        f"{name}.{p}" for name, m in copy.named_modules() if isinstance(m, nn.Linear)
+        for p in ("weight", "bias")
+    }  # fmt: skip
+    assert "output_projection.weight" in linear and len(linear) > 20
+    for name, p in copy.named_parameters():
+        assert p.dtype == (torch.bfloat16 if name in linear else torch.float32), name
+    assert copy_model.output_projection is None or copy_model.config.share_embeddings is False
+    assert {p.dtype for p in copy_model.parameters()} == {torch.float32}
+    engine = TorchEngine([copy_model], precision="bf16")
+    assert engine.models[0] is not copy_model
+    assert engine.models[0].output_weight.dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("method", ["greedy", "beam", "sample"])

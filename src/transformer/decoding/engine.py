@@ -24,8 +24,8 @@ from torch import Tensor
 from transformer.decoding.batching import length_batches
 from transformer.decoding.generate import Generated, generate, max_output_lengths
 from transformer.decoding.options import DecodeOptions
-from transformer.hardware import INFERENCE_PRECISIONS, autocast
-from transformer.model import Transformer
+from transformer.hardware import AUTOCAST_DTYPES, INFERENCE_PRECISIONS, autocast
+from transformer.model import Transformer, autocast_copy
 from transformer.vocab import EOS_ID, PAD_ID
 
 ENGINES = ("torch", "ctranslate2")
@@ -107,9 +107,13 @@ class TorchEngine:
             raise ValueError(
                 f"precision must be one of {', '.join(INFERENCE_PRECISIONS)}, got {precision!r}"
             )
-        self.models = [m.eval() for m in models]
         self.device = torch.device(device)
         self.precision = precision  # fp32: exact; bf16 autocast: faster where the CPU has AMX
+        # Under autocast, copies holding their linear maps in bf16 once (the same results).
+        self.models = [
+            m.eval() if precision == "fp32" else autocast_copy(m, AUTOCAST_DTYPES[precision])
+            for m in models
+        ]
         self.vocab_size = models[0].config.vocab_size
         limits = [m.config.max_positions for m in models if m.config.positional == "learned"]
         self.max_positions: int | None = min(limits) if limits else None

@@ -10,7 +10,7 @@ from transformer.model.cache import DecoderCache
 from transformer.model.classifier import TransformerClassifier
 from transformer.model.embeddings import sinusoid_table
 from transformer.model.layers import AttentionRecord, DecoderLayer, EncoderLayer, FeedForward
-from transformer.model.transformer import Decoder, Encoder, Transformer
+from transformer.model.transformer import Decoder, Encoder, Transformer, autocast_copy
 
 __all__ = [
     "AttentionRecord",
@@ -23,6 +23,7 @@ __all__ = [
     "MultiHeadAttention",
     "Transformer",
     "TransformerClassifier",
+    "autocast_copy",
     "causal_mask",
     "padding_mask",
     "reference_attention",

@@ -12,7 +12,9 @@ with nothing added to the embeddings and nothing in cross-attention (positions.p
 from __future__ import annotations
 
 from collections.abc import Callable
+from copy import deepcopy
 
+import torch
 from torch import Tensor, nn
 
 from transformer.config import ModelConfig
@@ -212,3 +214,29 @@ class Transformer(nn.Module):
     def num_parameters(self) -> int:
         """Distinct trainable parameters (a shared matrix counts once)."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def autocast_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """A copy of `model` for inference under `torch.autocast(dtype=dtype)`, with the same
+    results and far fewer casts.
+
+    Autocast casts the weights of every linear map to `dtype` at every call, and under inference
+    nothing keeps those casts: at each step of decoding, about a hundred weight matrices are
+    converted again (the output projection, V x D, the largest). The copy holds every `nn.Linear`
+    in `dtype` once, and a Transformer that ties its output projection to the embedding gets an
+    untied copy of it in `dtype`. Embeddings, norms and positions keep their dtype, so each
+    operation sees the very values autocast would give it. The copy is for decoding (eval mode);
+    train and save the original.
+    """
+    copy = deepcopy(model).eval()
+    with torch.no_grad():
+        if isinstance(copy, Transformer) and copy.output_projection is None:
+            weight = copy.output_weight
+            copy.output_projection = nn.Linear(
+                weight.size(1), weight.size(0), bias=False, device=weight.device, dtype=dtype
+            )
+            copy.output_projection.weight.copy_(weight)
+        for module in copy.modules():
+            if isinstance(module, nn.Linear):
+                module.to(dtype)
+    return copy
