@@ -527,6 +527,25 @@ def test_every_row_of_both_studies_runs_and_is_reported(small_data, tmp_path, mo
     assert {r["status"] for r in read_csv(out / "results.csv")} == {"kept"}
 
 
+def test_report_only_trains_nothing_and_shows_what_is_finished(small_data, tmp_path, monkeypatch):
+    config = study_config(tmp_path, small_data)
+    out = tmp_path / "out"
+    args = ["study", "table3", "--config", str(config), "--budget", "2", "--out", str(out)]
+    assert main([*args, "--rows", "E"]) == 0  # base and E1 finished, B not yet
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("--report-only trained a row")
+
+    monkeypatch.setattr(runner, "train_row", no_training)
+    assert main([*args, "--rows", "B,E", "--report-only"]) == 0
+    table = {r["key"]: r for r in read_csv(out / "results.csv")}
+    assert [table[k]["status"] for k in ("base", "B1", "B2", "E1")] == [
+        "kept", "not trained", "not trained", "kept",
+    ]  # fmt: skip
+    assert "| not trained | not trained |" in (out / "results.md").read_text(encoding="utf-8")
+    assert not (out / "rows" / "B1").exists()
+
+
 def test_a_failing_row_is_reported_and_the_others_go_on(small_data, tmp_path, monkeypatch, capsys):
     config = study_config(tmp_path, small_data)
     out = tmp_path / "out"

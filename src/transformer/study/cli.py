@@ -121,6 +121,12 @@ def add_row_arguments(parser: argparse.ArgumentParser) -> None:
         "e.g. the base shared by table3 and questions",
     )
     parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: write the report of the rows finished so far (e.g. while the study "
+        "runs in another process); the others show as 'not trained'",
+    )
+    parser.add_argument(
         "--jobs",
         type=int,
         default=0,
@@ -203,6 +209,7 @@ def run_rows_study(args: argparse.Namespace) -> int:
             seeds_all=args.seeds_all,
             curve_points=args.curve_points,
             reuse=[Path(d) for d in args.reuse],
+            train=not args.report_only,
         )
     except (RowInterrupted, KeyboardInterrupt):
         print(

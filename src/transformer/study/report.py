@@ -112,8 +112,8 @@ def _flat(outcome: RowOutcome, verdict_text: str = "") -> dict[str, Any]:
         "error": outcome.error,
     }
     r = outcome.result
-    if r is None:
-        return {**flat, "status": "failed"}
+    if r is None:  # no seed finished: failed, or not trained yet (--report-only)
+        return {**flat, "status": "failed" if outcome.error is not None else "not trained"}
     flat.update({k: r["model"].get(k) for k in CSV_FIELDS if k in r["model"]})
     flat["label_smoothing"] = r["config"]["optim"]["label_smoothing"]
     for k in ("updates", "epochs", "parameters"):
@@ -233,8 +233,8 @@ def markdown_table(
         change = "" if f["group"] == "base" else f["description"]
         asked = [f["question"]] if questions else []
         if f.get("updates") is None:  # no seed finished
-            cells = [label, *[""] * len(_COLUMNS), *asked, change, "", "failed", "failed", ""]
-            cells += ["0", f["expect"], ""]
+            cells = [label, *[""] * len(_COLUMNS), *asked, change, "", f["status"], f["status"]]
+            cells += ["", "0", f["expect"], ""]
         else:
             sizes = []
             for _, get in _COLUMNS:
@@ -462,7 +462,7 @@ def by_question_markdown(
             f = _flat(o, found[o.row.key])
             change = "the paper's choice" if o.row.key == "base" else f["description"]
             if f.get("updates") is None:
-                cells = [o.row.key, change, "failed", "failed", "", "0", f["expect"], ""]
+                cells = [o.row.key, change, f["status"], f["status"], "", "0", f["expect"], ""]
             else:
                 cells = [o.row.key, change, *_result_cells(f)]
             lines.append("| " + " | ".join(cells) + " |")

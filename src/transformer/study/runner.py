@@ -395,6 +395,7 @@ def run_rows(
     seeds_all: bool = False,
     curve_points: int = 0,
     reuse: Sequence[Path] = (),
+    train: bool = True,
 ) -> list[RowOutcome]:
     """Run every row not yet finished; outcomes in the order of `rows`.
 
@@ -402,7 +403,8 @@ def run_rows(
     the first, then with all if `needs_more_seeds` (or `seeds_all`). `devices`: one entry per
     worker for `jobs > 1`, e.g. ["0", "1"] (CUDA device indices, each worker sees only its own)
     or ["cpu", "cpu"] (workers share the CPU cores). `reuse`: other studies' output directories
-    whose finished rows of the same recipe are kept (`reused_result`).
+    whose finished rows of the same recipe are kept (`reused_result`). With `train` False
+    nothing is trained: the outcomes hold what is finished (e.g. to report a study in progress).
     """
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
@@ -418,7 +420,7 @@ def run_rows(
         for row in rows
         for i in range(1, (seeds if seeds_all or row.key == "base" else 1) + 1)
     ]
-    for t, run in _run_tasks(first, budget, jobs, devices, log, reuse):
+    for t, run in _run_tasks(first, budget, jobs, devices, log, reuse, train):
         outcomes[t.row.key].runs.append(run)
     if seeds > 1 and not seeds_all:
         base_ppls = [r["valid_ppl"] for r in outcomes["base"].results] if "base" in outcomes else []
@@ -440,7 +442,7 @@ def run_rows(
                 f"{len(sorted({t.row.key for t in more}))} row(s) within twice the base's range of "
                 f"its perplexity: training their seeds 2-{seeds}"
             )
-        for t, run in _run_tasks(more, budget, jobs, devices, log, reuse):
+        for t, run in _run_tasks(more, budget, jobs, devices, log, reuse, train):
             outcomes[t.row.key].runs.append(run)
     for outcome in outcomes.values():
         outcome.runs.sort(key=lambda r: r.index)
@@ -454,9 +456,10 @@ def _run_tasks(
     devices: list[str] | None,
     log: Callable[[str], None],
     reuse: Sequence[Path] = (),
+    train: bool = True,
 ) -> list[tuple[_Task, SeedRun]]:
     """Each task's run: kept if finished earlier (here or, with the same recipe, in a `reuse`
-    directory), else trained (here or in a pool of workers)."""
+    directory), else trained (here or in a pool of workers; with `train` False, left out)."""
     done: list[tuple[_Task, SeedRun]] = []
     todo: list[_Task] = []
     for t in tasks:
@@ -469,6 +472,8 @@ def _run_tasks(
             done.append((t, SeedRun(t.index, t.seed, result, skipped=True)))
         else:
             todo.append(t)
+    if not train:
+        return done
     if jobs <= 1 or len(todo) <= 1:
         for i, t in enumerate(todo, start=1):
             log(
