@@ -291,7 +291,7 @@ def _png(fig: Any) -> bytes:
 
 def _log_axis(ax: Any, which: str, values: list[float]) -> None:
     """A log scale on `ax`'s `which` ("x" or "y") axis, labelled with plain numbers
-    (perplexities read as 5.3, not 10^0.72); within a few multiples the minor ticks get labels
+    (perplexities read as 5.3, not 10^0.72); within a decade the minor ticks get labels
     too (else a span of less than a decade may show none)."""
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
@@ -299,7 +299,7 @@ def _log_axis(ax: Any, which: str, values: list[float]) -> None:
     axis = ax.xaxis if which == "x" else ax.yaxis
     plain = FuncFormatter(lambda v, _: f"{v:g}")
     axis.set_major_formatter(plain)
-    small = bool(values) and max(values) <= 4 * min(values)
+    small = bool(values) and max(values) <= 10 * min(values)
     axis.set_minor_formatter(plain if small else NullFormatter())
 
 
