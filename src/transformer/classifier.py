@@ -27,8 +27,8 @@ from torch import Tensor
 from transformer.data.tokenizer import SubwordTokenizer
 from transformer.decoding.batching import length_batches
 from transformer.decoding.engine import pad_ids
-from transformer.hardware import INFERENCE_PRECISIONS, autocast
-from transformer.model import AttentionRecord, TransformerClassifier
+from transformer.hardware import AUTOCAST_DTYPES, INFERENCE_PRECISIONS, autocast
+from transformer.model import AttentionRecord, TransformerClassifier, autocast_copy
 from transformer.modeldir import load_classifier_dir
 from transformer.vocab import BOS, EOS, EOS_ID
 
@@ -77,7 +77,8 @@ class Classifier:
             )
         if len(labels) != model.n_classes:
             raise ValueError(f"{len(labels)} labels for a model of {model.n_classes} classes")
-        self.model = model.eval()
+        # Under bf16 autocast, a copy holding its linear maps in bf16 once (the same results).
+        self.model = autocast_copy(model, AUTOCAST_DTYPES.get(precision))
         self.tokenizer = tokenizer
         self.labels = list(labels)
         self.device = torch.device(device)

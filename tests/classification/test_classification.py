@@ -51,6 +51,17 @@ def test_the_facade_classifies_new_texts(trained_classifier: Path) -> None:
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)
 
 
+def test_bf16_classifies_as_autocast_over_the_fp32_model(trained_classifier: Path) -> None:
+    """In bf16 the facade holds its linear maps in bf16 once (`autocast_copy`): the very
+    probabilities of autocast over the fp32 model, bit for bit."""
+    fp32 = Classifier.from_pretrained(trained_classifier / "best")
+    bf16 = Classifier.from_pretrained(trained_classifier / "best", precision="bf16")
+    assert bf16.model is not fp32.model and bf16.model.head.weight.dtype == torch.bfloat16
+    texts = [text for _, text in labelled_rows(8, seed=7)]
+    fp32.precision = "bf16"  # the fp32 model itself under bf16 autocast
+    assert torch.equal(bf16.probabilities(texts), fp32.probabilities(texts))
+
+
 def test_averaging_a_classifier_run(trained_classifier: Path, tmp_path: Path) -> None:
     run_cli("average", str(trained_classifier), "--last", "2", "--out", str(tmp_path / "avg"))
     assert load_task(tmp_path / "avg") == load_task(trained_classifier / "best")

@@ -110,10 +110,7 @@ class TorchEngine:
         self.device = torch.device(device)
         self.precision = precision  # fp32: exact; bf16 autocast: faster where the CPU has AMX
         # Under autocast, copies holding their linear maps in bf16 once (the same results).
-        self.models = [
-            m.eval() if precision == "fp32" else autocast_copy(m, AUTOCAST_DTYPES[precision])
-            for m in models
-        ]
+        self.models = [autocast_copy(m, AUTOCAST_DTYPES.get(precision)) for m in models]
         self.vocab_size = models[0].config.vocab_size
         limits = [m.config.max_positions for m in models if m.config.positional == "learned"]
         self.max_positions: int | None = min(limits) if limits else None

@@ -216,9 +216,9 @@ class Transformer(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
 
-def autocast_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+def autocast_copy(model: nn.Module, dtype: torch.dtype | None) -> nn.Module:
     """A copy of `model` for inference under `torch.autocast(dtype=dtype)`, with the same
-    results and far fewer casts.
+    results and far fewer casts (`dtype` None, no autocast: the model itself, in eval mode).
 
     Autocast casts the weights of every linear map to `dtype` at every call, and under inference
     nothing keeps those casts: at each step of decoding, about a hundred weight matrices are
@@ -228,6 +228,8 @@ def autocast_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     operation sees the very values autocast would give it. The copy is for decoding (eval mode);
     train and save the original.
     """
+    if dtype is None:
+        return model.eval()
     copy = deepcopy(model).eval()
     with torch.no_grad():
         if isinstance(copy, Transformer) and copy.output_projection is None:
