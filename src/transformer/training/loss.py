@@ -30,6 +30,20 @@ def _blocks(n: int) -> range:
     return range(0, n, ROWS)
 
 
+_SCRATCH: dict[tuple[torch.device, int], Tensor] = {}
+
+
+def _scratch(device: torch.device, v: int) -> Tensor:
+    """A float32 block of ROWS x V kept from one call to the next: converting bf16 logits into a
+    fresh block at every call costs the page faults of a new allocation each time (on a CPU,
+    as much as the conversion itself)."""
+    key = (device, v)
+    if key not in _SCRATCH:
+        _SCRATCH.clear()  # one vocabulary at a time
+        _SCRATCH[key] = torch.empty(ROWS, v, dtype=torch.float32, device=device)
+    return _SCRATCH[key]
+
+
 class _SmoothedCrossEntropy(torch.autograd.Function):
     """(logits (N, V), target (N,), epsilon, ignore_index, overwrite) -> (smoothed loss sum, NLL
     sum); `overwrite`: the backward may write the gradient over the logits."""
@@ -44,8 +58,11 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
         dtype = torch.float32
         lse = torch.empty(n, dtype=dtype, device=logits.device)  # log sum exp per row
         total = torch.empty_like(lse)  # sum of the logits per row
+        scratch = None if logits.dtype == dtype else _scratch(logits.device, v)
         for i in _blocks(n):
-            block = logits[i : i + ROWS].to(dtype)
+            block = logits[i : i + ROWS]
+            if scratch is not None:
+                block = scratch[: block.size(0)].copy_(block)
             lse[i : i + ROWS] = torch.logsumexp(block, dim=-1)
             total[i : i + ROWS] = block.sum(dim=-1)
         picked = logits.gather(-1, index.unsqueeze(-1)).squeeze(-1).to(dtype)  # (N,)
@@ -64,10 +81,11 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
         n, v = logits.shape
         weight = keep.to(lse.dtype) * grad_loss  # (N,): 0 at padding
         grad = logits if ctx.overwrite else torch.empty_like(logits)
+        in_place = ctx.overwrite and logits.dtype == lse.dtype
+        scratch = None if in_place else _scratch(logits.device, v)
         for i in _blocks(n):
             rows = logits[i : i + ROWS]
-            in_place = ctx.overwrite and rows.dtype == lse.dtype
-            block = rows if in_place else rows.to(lse.dtype, copy=True)
+            block = rows if scratch is None else scratch[: rows.size(0)].copy_(rows)
             block.sub_(lse[i : i + ROWS, None]).exp_().sub_(eps / v)  # softmax - eps / V
             block[torch.arange(block.size(0), device=block.device), index[i : i + ROWS]] -= (
                 1.0 - eps
