@@ -645,5 +645,10 @@ def test_a_worker_whose_study_process_died_stops_its_row(monkeypatch):
     monkeypatch.setattr(os, "getppid", lambda: next(parents))
     monkeypatch.setattr(os, "kill", lambda pid, sig: sent.append((pid, sig)))
     monkeypatch.setattr(os, "_exit", lambda code: sent.append((-1, code)))
+    monkeypatch.setattr(runner, "ORPHANED", runner.threading.Event())
     runner.watch_parent(100, interval=0.0, grace=0.0)
     assert sent == [(os.getpid(), signal.SIGTERM), (-1, 1)]
+    # A row the pool had queued before the study died is not started.
+    task = runner._Task(BASE_ROW, 1, 1, None, Path("unused"))
+    with pytest.raises(runner.RowInterrupted):
+        runner._run_one(task)

@@ -367,6 +367,8 @@ def _run_one(task: _Task) -> SeedRun:
     def log(message: str) -> None:
         print(f"[{task.label}] {message}", file=sys.stderr, flush=True)
 
+    if ORPHANED.is_set():
+        raise RowInterrupted(task.row.key)
     run = SeedRun(task.index, task.seed)
     try:
         run.result = train_row(task.row, task.config, task.row_dir, log)
@@ -525,6 +527,10 @@ def watch_parent(parent: int, interval: float = 2.0, grace: float = 120.0) -> No
     study leaves its workers training on as orphans."""
     while os.getppid() == parent:
         time.sleep(interval)
+    ORPHANED.set()  # a task the pool had queued already is not started (`_run_one`)
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(grace)
     os._exit(1)
+
+
+ORPHANED = threading.Event()  # set in a pool worker whose study process is gone
