@@ -56,6 +56,17 @@ def test_nbest_scores_and_attention(translator):
     assert len(result.target_tokens) == n_tgt and result.target_tokens[-1] == "</s>"
 
 
+def test_attention_in_bf16(copy_model_dir):
+    """In bf16 the engine's models hold their linear maps in bf16; the attention pass runs in
+    the engine's precision too, and gives fp32's maps to bf16's rounding."""
+    texts = ["Ein Mann", "Zwei junge Leute spielen im Park Fußball"]
+    fp32 = Translator.from_pretrained(copy_model_dir).translate_nbest(texts, attention=True)
+    bf16 = Translator.from_pretrained(copy_model_dir, precision="bf16")
+    for a, b in zip(fp32, bf16.translate_nbest(texts, attention=True)):
+        if a.hypotheses[0].tokens == b.hypotheses[0].tokens:
+            torch.testing.assert_close(a.attention, b.attention, atol=0.05, rtol=0)
+
+
 def test_attention_maps_of_every_kind(translator):
     texts = ["Ein Mann", "Zwei junge Leute spielen im Park Fußball"]
     batched = translator.translate_nbest(texts, attention=True)
