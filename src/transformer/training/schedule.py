@@ -7,11 +7,10 @@ It rises linearly for `warmup_steps` and then decays with the inverse square roo
 the rate changes once per update.
 
 Not in the paper: an optional cooldown lowers the rate linearly towards zero over the last
-`cooldown` updates of a run of `max_updates` (the "decay" of warmup-stable-decay schedules;
-Li et al. 2020, "Budget-aware training", and Hägele et al. 2024 show that a run annealed at the
-end of its budget gets close to what a longer run with the same schedule would reach there). It
-lets short runs that are compared with each other, like the studies' rows, end annealed rather
-than mid-schedule.
+`cooldown` updates of a run of `max_updates` (the "decay" of warmup-stable-decay schedules), so
+that a run stopped at its update budget ends annealed. On a model still improving quickly it
+costs progress: the study model on all of Multi30k, 1,600 updates, ended at validation
+perplexity 10.68 with a 400-update cooldown and 10.19 without (same seed).
 """
 
 from __future__ import annotations
