@@ -288,6 +288,15 @@ def test_the_report_shows_spreads_expectations_and_verdicts():
     assert "noise not measured" in markdown_table("table3", one, Budget(updates=8), [], "")
 
 
+def test_the_table3_report_sets_the_papers_perplexity_beside_each_row():
+    outcomes = synthetic_outcomes({"base": [10.0], "A1": [12.0]}, {"A1": "base better"})
+    markdown = markdown_table("table3", outcomes, Budget(updates=8), [], "")
+    lines = [line for line in markdown.splitlines() if line.startswith("| ")]
+    assert lines[0].endswith("| verdict | paper PPL |")
+    assert lines[1].endswith("| 4.92 |") and lines[2].endswith("| 5.29 |")  # base, A1 (h = 1)
+    assert "paper PPL" not in markdown_table("questions", outcomes, Budget(updates=8), [], "")
+
+
 def test_curve_points_are_evenly_spaced_over_an_update_budget():
     assert curve_every(Budget(updates=8), 4) == 2  # 2, 4, 6, 8
     assert curve_every(Budget(updates=300), 8) == 38  # 38, ..., 266 and the end: 8 points

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from transformer.io import atomic_write_bytes, atomic_write_text
-from transformer.study.rows import QUESTIONS
+from transformer.study.rows import PAPER_TABLE3_PPL, QUESTIONS
 from transformer.study.runner import Budget, RowOutcome, Spread, spread
 
 CSV_FIELDS = [
@@ -213,6 +213,7 @@ def markdown_table(
     header = [
         "row", *(c for c, _ in _COLUMNS), *(["question"] if questions else []), "change",
         "updates", "dev PPL", "dev BLEU", "params ×10⁶", "seeds", "expected", "verdict",
+        *(["paper PPL"] if not questions else []),
     ]  # fmt: skip
     lines = [
         f"## {TITLES[study]}",
@@ -242,6 +243,9 @@ def markdown_table(
                 same = base is not None and f is not base and value == str(get(base))
                 sizes.append("" if same else value)
             cells = [label, *sizes, *asked, change, str(f["updates"]), *_result_cells(f)]
+        if not questions:  # the paper's own number for the same change
+            paper = PAPER_TABLE3_PPL.get(f["key"])
+            cells.append("" if paper is None else f"{paper:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -253,6 +257,12 @@ def markdown_table(
         "reproduced and any other is within noise; beyond it, the direction observed ('base "
         "better' if d > 0) either reproduces or contradicts the expectation ('similar' rows: "
         "contradicts)."
+        + (
+            " paper PPL: the dev perplexity (newstest2013, per word-piece) of the paper's row that "
+            "makes the same change to its base (4.92)."
+            if not questions
+            else ""
+        )
         + (
             " With one base seed the noise is not measured (run with --seeds 3)."
             if base is not None and base["seeds"] < 2
