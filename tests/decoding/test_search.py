@@ -31,7 +31,8 @@ V = 6
 
 class TableModel:
     """Duck-types Transformer.encode / decode (uncached): the last position's logits are the log
-    of tables[sentence][prefix]; the sentence is the first source id."""
+    of tables[sentence][prefix]; the sentence is the first source id. As in `Decoder.forward`,
+    each row of memory serves B / len(memory) consecutive target rows (beams)."""
 
     def __init__(self, tables: list[dict[tuple, dict[int, float]]]):
         self.tables = tables
@@ -44,8 +45,9 @@ class TableModel:
         assert cache is None, "the stub is used with use_cache=False"
         self.calls.append(tgt_ids.size(0))
         logits = torch.full((tgt_ids.size(0), tgt_ids.size(1), V), -math.inf)
+        group = tgt_ids.size(0) // memory.size(0)
         for r in range(tgt_ids.size(0)):
-            table = self.tables[int(memory[r, 0, 0])]
+            table = self.tables[int(memory[r // group, 0, 0])]
             prefix = tuple(tgt_ids[r, 1:].tolist())
             for token, p in table.get(prefix, {EOS: 1.0}).items():
                 logits[r, -1, token] = math.log(p)

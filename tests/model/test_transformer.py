@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from tests.conftest import B, S, T, V, tiny_config
 from transformer import DecoderCache, Transformer
 from transformer.model.attention import padding_mask
+from transformer.model.layers import AttentionRecord
 from transformer.vocab import BOS_ID, EOS_ID, PAD_ID
 
 
@@ -103,6 +104,38 @@ def test_reorder_then_continue_equals_recomputing_reordered_input():
         continued = model.decode(tgt[order, 2:], memory[order], mask[order], cache)
         expected = model(src[order], tgt[order])[:, 2:]
     torch.testing.assert_close(continued, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_beams_sharing_one_source_row_equal_a_source_row_per_beam(cached):
+    # Beam search passes each source once for its g beams (target rows i*g .. i*g + g - 1).
+    model = Transformer(tiny_config()).eval()
+    src, tgt = batch_with_padding()
+    g = 3
+    tgt = tgt.repeat_interleave(g, dim=0)
+    tgt[1::g, 2:] = tgt.flip(0)[1::g, 2:]  # beams of one source differ after two tokens
+    with torch.no_grad():
+        mask = padding_mask(src)
+        memory = model.encode(src, mask)
+        rows = torch.arange(src.size(0)).repeat_interleave(g)
+        if cached:
+            shared, per_row = DecoderCache(), DecoderCache()
+            steps = [(0, 2), (2, tgt.size(1))]
+            for a, b in steps:
+                grouped = model.decode(tgt[:, a:b], memory, mask, shared)
+                expected = model.decode(tgt[:, a:b], memory[rows], mask[rows], per_row)
+                torch.testing.assert_close(grouped, expected, rtol=0, atol=1e-5)
+            assert shared.layers[0].cross_k.size(0) == src.size(0)  # one row per source
+            assert per_row.layers[0].cross_k.size(0) == src.size(0) * g
+        else:
+            grouped = model.decode(tgt, memory, mask)
+            torch.testing.assert_close(grouped, model(src[rows], tgt), rtol=0, atol=1e-5)
+            record = AttentionRecord()
+            model.decode(tgt, memory, mask, record=record)
+            expected = model.attention_weights(src[rows], tgt)
+            torch.testing.assert_close(record.cross[0], expected.cross[0], rtol=0, atol=1e-6)
+        with pytest.raises(ValueError, match="do not share 2 sources evenly"):
+            model.decode(tgt[:5], memory[:2], mask[:2])
 
 
 def test_shared_embeddings_are_one_parameter():

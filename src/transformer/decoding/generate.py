@@ -63,15 +63,15 @@ class ModelState:
         out = self._out[: last.numel()].view(last.shape)
         return torch.log_softmax(last, dim=-1, dtype=torch.float32, out=out)
 
-    def reorder(self, indices: Tensor, sources: bool) -> None:
-        """Keep rows `indices` of the cache. `sources=False` promises that every row keeps its
-        source (beams of one sentence trading places), so memory, mask and the cross-attention
-        keys/values stay as they are."""
-        if sources:
-            self.memory = self.memory.index_select(0, indices)
-            self.src_mask = self.src_mask.index_select(0, indices)
+    def reorder(self, indices: Tensor, sources: Tensor | None) -> None:
+        """Keep rows `indices` of the cache, and rows `sources` of the memory, the mask and the
+        cross-attention keys/values (None: every source stays, e.g. beams of one sentence
+        trading places). Each source serves len(indices) / len(sources) consecutive rows."""
+        if sources is not None:
+            self.memory = self.memory.index_select(0, sources)
+            self.src_mask = self.src_mask.index_select(0, sources)
         if self.cache is not None:
-            self.cache.reorder(indices, cross=sources)
+            self.cache.reorder(indices, cross=False if sources is None else sources)
 
 
 class Scorer:
@@ -91,7 +91,7 @@ class Scorer:
             return self.states[0].log_probs(prefix)
         return torch.stack([s.log_probs(prefix) for s in self.states]).mean(dim=0)  # (R, V)
 
-    def reorder(self, indices: Tensor, sources: bool) -> None:
+    def reorder(self, indices: Tensor, sources: Tensor | None) -> None:
         for state in self.states:
             state.reorder(indices, sources)
 
@@ -242,6 +242,7 @@ def _beam_search(
             torch.isfinite(fin_score[:, -1]) & (fin_score[:, -1] >= bound)
         )
         step += 1
+        kept = None  # the sources that stay (None: all of them)
         if bool(done.any()):
             ids = sentences[done]
             out_tokens[ids] = fin_tokens[done]
@@ -251,12 +252,14 @@ def _beam_search(
             if bool(done.all()):
                 break
             open_ = ~done
+            kept = open_.nonzero().squeeze(1)
             sentences, limit = sentences[open_], limit[open_]
             beam_scores, tokens, rows = beam_scores[open_], tokens[open_], rows[open_]
             fin_tokens, fin_lengths = fin_tokens[open_], fin_lengths[open_]
             fin_logp, fin_score = fin_logp[open_], fin_score[open_]
         indices = rows.reshape(-1)  # (N' * K,)
-        scorer.reorder(indices, sources=beams != k or bool(done.any()))
+        # Each sentence's source is kept once for its K beams (see `Decoder.forward`).
+        scorer.reorder(indices, sources=kept)
         prefix = torch.cat([prefix.index_select(0, indices), tokens.reshape(-1, 1)], dim=1)
         beams = k
 
@@ -323,7 +326,7 @@ def _sample_like(
             open_ = ~done
             keep = open_.nonzero().squeeze(1)  # (R',)
             rows, limit, logp, prefix = rows[open_], limit[open_], logp[open_], prefix[open_]
-            scorer.reorder(keep, sources=True)
+            scorer.reorder(keep, sources=keep)
 
     score = normalise(out_logp, out_lengths, settings.penalty, settings.alpha)
     tokens = out_tokens.view(n0, f, t_cap)  # (N, F, T)

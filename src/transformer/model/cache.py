@@ -4,7 +4,8 @@ Per decoder layer: the self-attention keys/values of every position decoded so f
 place into a buffer that grows by doubling, so a step costs O(1) copies, not O(T)), and the
 cross-attention keys/values of the encoder output (computed once per source, then reused).
 
-Shapes: B batch (sentences x beams), H heads, T positions decoded so far, S source length.
+Shapes: B batch (sentences x beams), H heads, T positions decoded so far, S source length. The
+cross-attention keys/values hold one row per source (B / g rows when g beams share a source).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ class LayerCache:
         self._spare_k: Tensor | None = None  # the other buffer of a pair, reused by reorder()
         self._spare_v: Tensor | None = None
         self.length = 0
-        self.cross_k: Tensor | None = None  # (B, H, S, d_k)
-        self.cross_v: Tensor | None = None  # (B, H, S, d_v)
+        self.cross_k: Tensor | None = None  # (B / g, H, S, d_k)
+        self.cross_v: Tensor | None = None  # (B / g, H, S, d_v)
 
     def append_self(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Append k (B, H, t, d_k), v (B, H, t, d_v); return all keys/values so far (B, H, T, d)."""
@@ -46,18 +47,20 @@ class LayerCache:
             new[:, :, : self.length] = old[:, :, : self.length]
         return new
 
-    def reorder(self, indices: Tensor, cross: bool = True) -> None:
+    def reorder(self, indices: Tensor, cross: Tensor | bool = True) -> None:
         """Keep batch rows `indices` (B') in that order, dropping the rest.
 
-        `cross=False` leaves the cross-attention keys/values alone: valid when `indices` only
-        moves rows among copies of the same source (beam search within a sentence).
+        The cross-attention keys/values: `cross=True` selects the same rows; `cross=False`
+        leaves them alone (valid when `indices` only moves rows among the beams of a source);
+        a tensor selects those rows of them (one per source, when beams share a source).
         """
         if self._self_k is not None:
             self._self_k, self._spare_k = self._select(self._self_k, self._spare_k, indices)
             self._self_v, self._spare_v = self._select(self._self_v, self._spare_v, indices)
-        if cross and self.cross_k is not None:
-            self.cross_k = self.cross_k.index_select(0, indices)
-            self.cross_v = self.cross_v.index_select(0, indices)
+        if cross is not False and self.cross_k is not None:
+            rows = indices if cross is True else cross
+            self.cross_k = self.cross_k.index_select(0, rows)
+            self.cross_v = self.cross_v.index_select(0, rows)
 
     def _select(self, buf: Tensor, spare: Tensor | None, indices: Tensor) -> tuple[Tensor, Tensor]:
         """Rows `indices` of buf's filled positions, written into the spare buffer (same
@@ -91,7 +94,7 @@ class DecoderCache:
         return self.layers[i]
 
     @torch.no_grad()
-    def reorder(self, indices: Tensor, cross: bool = True) -> None:
+    def reorder(self, indices: Tensor, cross: Tensor | bool = True) -> None:
         """Select batch rows `indices` of every layer (see `LayerCache.reorder` for `cross`)."""
         for layer in self.layers:
             layer.reorder(indices, cross)

@@ -182,7 +182,8 @@ class DecoderLayer(_Layer):
         record: AttentionRecord | None = None,
         tokens: Tensor | None = None,
     ) -> Tensor:
-        """x (B, T, D) new target positions, memory (B, S, D), src_mask (B, 1, 1, S) -> (B, T, D).
+        """x (B, T, D) new target positions, memory (B / g, S, D), src_mask (B / g, 1, 1, S) ->
+        (B, T, D): each of the B / g sources serves g consecutive target rows (`Decoder.forward`).
         `tokens` (B, T): the real target tokens, for BatchNorm's statistics (None: all).
 
         Without a cache, x is the whole target prefix and self-attention is causal. With a cache,
@@ -210,14 +211,27 @@ class DecoderLayer(_Layer):
             return out
 
         def cross_attention(h: Tensor) -> Tensor:
-            q = self.cross_attn.project_q(h)
+            q = self.cross_attn.project_q(h)  # (B, H, T, d_k)
             if cache is None:
                 k, v = self.cross_attn.project_kv(memory)
             else:
                 if cache.cross_k is None:
                     cache.cross_k, cache.cross_v = self.cross_attn.project_kv(memory)
                 k, v = cache.cross_k, cache.cross_v
+            b, heads, t, d_k = q.shape
+            group = b // k.size(0)  # target rows per source (beams); see `Decoder.forward`
+            if group > 1:  # (B, H, T, d_k) -> (B / g, H, g * T, d_k): one source, g * T queries
+                q = (
+                    q.view(-1, group, heads, t, d_k)
+                    .transpose(1, 2)
+                    .reshape(-1, heads, group * t, d_k)
+                )
             out, weights = self.cross_attn.attend(q, k, v, src_mask, need_weights=need)
+            if group > 1:
+                out = out.view(b, t, -1)  # (B / g, g * T, D) -> (B, T, D)
+                if weights is not None:  # (B / g, H, g * T, S) -> (B, H, T, S)
+                    weights = weights.view(-1, heads, group, t, weights.size(-1))
+                    weights = weights.transpose(1, 2).reshape(b, heads, t, -1)
             if record is not None:
                 record.cross.append(weights)
             return out

@@ -129,7 +129,16 @@ class Decoder(nn.Module):
         cache: DecoderCache | None = None,
         record: AttentionRecord | None = None,
     ) -> Tensor:
-        """tgt_ids (B, T), memory (B, S, D), src_mask (B, S) -> hidden states (B, T, D)."""
+        """tgt_ids (B, T), memory (B / g, S, D), src_mask (B / g, S) -> hidden states (B, T, D).
+
+        Usually g = 1: one source per target row. Beam search passes each source once for its g
+        beams (target rows i*g .. i*g + g - 1 belong to source i): the cross-attention keys and
+        values are then computed, cached, reordered and read once per source, not once per beam.
+        """
+        if tgt_ids.size(0) % memory.size(0):
+            raise ValueError(
+                f"{tgt_ids.size(0)} target rows do not share {memory.size(0)} sources evenly"
+            )
         offset = cache.length if cache is not None else 0
         x = self.embed(tgt_ids, offset)
         mask = key_mask(src_mask)  # (B, 1, 1, S)
@@ -189,7 +198,7 @@ class Transformer(nn.Module):
         cache: DecoderCache | None = None,
         record: AttentionRecord | None = None,
     ) -> Tensor:
-        """Target ids (B, T) -> logits (B, T, V).
+        """Target ids (B, T) -> logits (B, T, V); memory and src_mask as in `Decoder.forward`.
 
         Without a cache, `tgt_ids` is the whole prefix (teacher forcing). With a `DecoderCache`,
         it holds only the new positions; the cache is updated in place.
