@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from transformer.config import ModelConfig
 from transformer.model.attention import padding_mask
+from transformer.model.dropout import Dropout
 from transformer.model.embeddings import ScaledEmbedding
 from transformer.model.layers import AttentionRecord
 from transformer.model.transformer import Encoder, init_linear_layers
@@ -36,7 +37,7 @@ class TransformerClassifier(nn.Module):
         self.encoder = Encoder(
             config, ScaledEmbedding(config.vocab_size, config.d_model, config.scale_embedding)
         )
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.head = nn.Linear(config.d_model, n_classes)
         init_linear_layers(self.encoder.layers, self.head)
 

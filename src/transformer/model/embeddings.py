@@ -10,6 +10,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from transformer.model.dropout import Dropout
+
 
 class ScaledEmbedding(nn.Module):
     """Learned token embedding multiplied by sqrt(d_model) (section 3.4).
@@ -92,7 +94,7 @@ class TransformerEmbedding(nn.Module):
         super().__init__()
         self.token = token
         self.positional = positional
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, ids: Tensor, offset: int = 0) -> Tensor:
         """(B, T) ids, first position `offset` -> (B, T, D). No PE when `positional` is None."""

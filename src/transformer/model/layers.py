@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from transformer.model.attention import MultiHeadAttention, causal_mask
 from transformer.model.cache import LayerCache
+from transformer.model.dropout import Dropout
 from transformer.model.norms import apply_norm, make_norm
 from transformer.model.positions import PositionModule, make_positions
 
@@ -56,7 +57,7 @@ class SublayerConnection(nn.Module):
     ):
         super().__init__()
         self.norm = make_norm(norm, d_model, eps)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.pre = norm_position == "pre"
         self.residual = residual
 
