@@ -18,6 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from transformer.model.positions import (
     AlibiPositions,
@@ -155,6 +156,37 @@ def written_out_is_faster(q: Tensor) -> bool:
         and torch.is_grad_enabled()
         and q.requires_grad
     )
+
+
+# On CUDA, every fused kernel but cuDNN's: cuDNN's attention builds an execution plan for each new
+# shape, and batches of sentences come in ever new lengths. Measured on an H200 (torch 2.11,
+# configs/base.yaml in bf16): 13.6 ms of CPU per forward and 13.9 ms per backward call, against
+# about 0.2 ms of GPU time each.
+CUDA_ATTENTION_BACKENDS = [
+    SDPBackend.FLASH_ATTENTION,
+    SDPBackend.EFFICIENT_ATTENTION,
+    SDPBackend.MATH,
+]
+
+
+def fused_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+) -> Tensor:
+    """`F.scaled_dot_product_attention`, without the cuDNN backend on CUDA."""
+    if not q.is_cuda:
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
+        )
+    with sdpa_kernel(CUDA_ATTENTION_BACKENDS):
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
+        )
 
 
 class MultiHeadAttention(nn.Module):
@@ -304,7 +336,7 @@ class MultiHeadAttention(nn.Module):
             out, weights = reference_attention(q, k, v, mask, is_causal, dropout_p, self.scale)
             weights = weights if need_weights else None
         else:
-            out = F.scaled_dot_product_attention(
+            out = fused_attention(
                 q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=self.scale
             )
             weights = None
@@ -341,9 +373,7 @@ class MultiHeadAttention(nn.Module):
             bias = alibi.bias(offset, t_q, t_k).to(q.dtype)  # (H, Tq, Tk)
             if mask is not None:
                 bias = bias.masked_fill(~mask, torch.finfo(q.dtype).min)  # (B|1, H, Tq, Tk)
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=self.scale
-            )
+            out = fused_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=self.scale)
             return out, None
         out, weights = written_out_attention(
             q, k, v, mask, is_causal, dropout_p, self.scale,
