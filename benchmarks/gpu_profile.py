@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from gpu_suite import measure_training
+from gpu_suite import measure_training, timing_overrides
 from transformer.training.config import load_config
 from transformer.training.trainer import Trainer
 
@@ -36,21 +36,8 @@ CONFIG = Path("configs/base.yaml")
 
 
 def overrides(extra: list[str], updates: int) -> list[str]:
-    return [
-        "data.dir=work/multi30k-de-en",
-        "train.device=cuda",
-        "train.precision=bf16",
-        "optim.update_freq=2",
-        f"train.max_updates={updates}",
-        "train.max_epochs=0",
-        "train.max_minutes=0",
-        "train.valid_every=0",
-        "train.valid_bleu=false",
-        "train.save_every=0",
-        "train.save_every_minutes=0",
-        "train.progress=false",
-        *extra,
-    ]
+    data, cuda = Path("work/multi30k-de-en"), torch.device("cuda")
+    return [*timing_overrides(data, cuda, "bf16", 2, updates), *extra]
 
 
 def profile_updates(updates: int = 14) -> None:

@@ -508,6 +508,26 @@ def measure_training(
     }
 
 
+def timing_overrides(
+    data_dir: Path, device: torch.device, precision: str, update_freq: int, updates: int
+) -> list[str]:
+    """Config overrides for timing `updates` training updates: no validation, no checkpoints."""
+    return [
+        f"data.dir={data_dir}",
+        f"train.device={device.type}",
+        f"train.precision={precision}",
+        f"optim.update_freq={update_freq}",
+        f"train.max_updates={updates}",
+        "train.max_epochs=0",
+        "train.max_minutes=0",
+        "train.valid_every=0",
+        "train.valid_bleu=false",
+        "train.save_every=0",
+        "train.save_every_minutes=0",
+        "train.progress=false",
+    ]
+
+
 def step_train_speed(suite: Suite) -> dict[str, Any]:
     from model_speed import matmul_flops_per_s
 
@@ -522,20 +542,7 @@ def step_train_speed(suite: Suite) -> dict[str, Any]:
         update_freq = max(1, round(BASE_TOKENS_PER_UPDATE / per_batch))
     warmup = args.warmup if args.warmup is not None else sizes.warmup
     updates = args.updates if args.updates is not None else sizes.updates
-    overrides = [
-        f"data.dir={data_dir}",
-        f"train.device={device.type}",
-        f"train.precision={args.precision}",
-        f"optim.update_freq={update_freq}",
-        f"train.max_updates={warmup + updates}",
-        "train.max_epochs=0",
-        "train.max_minutes=0",
-        "train.valid_every=0",
-        "train.valid_bleu=false",
-        "train.save_every=0",
-        "train.save_every_minutes=0",
-        "train.progress=false",
-    ]
+    overrides = timing_overrides(data_dir, device, args.precision, update_freq, warmup + updates)
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[args.precision]
     measured_peak = matmul_flops_per_s(device, dtype, sizes.matmul_size, reps=sizes.matmul_reps)
     with tempfile.TemporaryDirectory(dir=suite.work, prefix="train-speed-") as run_dir:
