@@ -13,6 +13,7 @@ through the same calls (the fused kernel).
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -179,11 +180,8 @@ def fused_attention(
     scale: float | None = None,
 ) -> Tensor:
     """`F.scaled_dot_product_attention`, without the cuDNN backend on CUDA."""
-    if not q.is_cuda:
-        return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
-        )
-    with sdpa_kernel(CUDA_ATTENTION_BACKENDS):
+    backends = sdpa_kernel(CUDA_ATTENTION_BACKENDS) if q.is_cuda else contextlib.nullcontext()
+    with backends:
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
         )
