@@ -246,18 +246,6 @@ def test_beam_step_returns_2k_candidates_best_first():
     assert step.origins.tolist() == [[0, 1, 1, 0]]
 
 
-def test_beam_step_inplace_is_the_same_step():
-    torch.manual_seed(0)
-    log_probs = torch.randn(3, 4, 50).log_softmax(-1)
-    beam_scores = torch.randn(3, 4)
-    expected = BeamSearch(4).step(log_probs.clone(), beam_scores)
-    scratch = log_probs.clone()
-    step = BeamSearch(4).step(scratch, beam_scores, inplace=True)
-    for name in ("scores", "tokens", "origins"):
-        assert torch.equal(getattr(step, name), getattr(expected, name)), name
-    assert torch.equal(scratch, log_probs + beam_scores[:, :, None])  # the scratch block was used
-
-
 def test_ban_repeated_ngrams():
     history = torch.tensor([[4, 5, 4, 6, 4], [7, 7, 7, 7, 8]])
     lp = torch.zeros(2, 10)

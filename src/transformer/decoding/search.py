@@ -91,18 +91,13 @@ class BeamSearch:
             raise ValueError(f"beam size must be at least 1, got {beam_size}")
         self.beam_size = beam_size
 
-    def step(self, log_probs: Tensor, beam_scores: Tensor, inplace: bool = False) -> BeamStep:
+    def step(self, log_probs: Tensor, beam_scores: Tensor) -> BeamStep:
         """log_probs (N, k, V) of the next token, beam_scores (N, k) cumulative -> BeamStep.
 
         k is the number of open beams: 1 at the first step (all K beams would be identical), then K.
-        `inplace=True` adds the beam scores into `log_probs` itself (a scratch block the caller no
-        longer needs) instead of a fresh N x k x V block at every step.
         """
         n, k, v = log_probs.shape
-        if inplace:
-            total = log_probs.add_(beam_scores.unsqueeze(-1))  # (N, k, V)
-        else:
-            total = beam_scores.unsqueeze(-1) + log_probs
+        total = beam_scores.unsqueeze(-1) + log_probs  # (N, k, V)
         width = 2 * self.beam_size
         total = total.reshape(n, k * v)  # (N, k*V)
         if k * v < width:  # tiny vocabularies: pad with impossible candidates
