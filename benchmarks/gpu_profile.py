@@ -11,7 +11,8 @@ tokens/s of 20 updates after 5 untimed ones, with `train.compile=true` and witho
 gpu_suite.measure_training. The compiled figure includes compilation: the batches come in many
 lengths, so the compiled model keeps recompiling within such a short window.
 
-benchmarks/results/gpu_profile_base_bf16.txt is its output on an H200 (torch 2.11) before the
+benchmarks/results/gpu_profile_base_bf16.txt is the output of this script's first revision (the
+same steps, written as one flat script) on an H200 (torch 2.11), before the
 model's attention left out cuDNN's backend: cuDNN built an execution plan for every new shape.
 """
 
