@@ -1,4 +1,5 @@
-"""`precision: auto`: bf16 exactly where the hardware multiplies bf16 natively."""
+"""`precision: auto`: bf16 exactly where the hardware multiplies bf16 natively (AMX-bf16 or
+AVX512-BF16 on a CPU, compute capability 8.0 or more on a GPU)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from transformer import hardware
-from transformer.hardware import cpu_flags, cpu_has_amx_bf16, fast_bf16, resolve_precision
+from transformer.hardware import cpu_bf16_units, cpu_flags, fast_bf16, resolve_precision
 
 SAPPHIRE_RAPIDS = """processor	: 0
 vendor_id	: GenuineIntel
@@ -21,6 +22,11 @@ flags		: fpu vme sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8
 ICE_LAKE = """processor	: 0
 model name	: Intel(R) Xeon(R) Gold 6338
 flags		: fpu vme sse2 avx2 avx512f avx512_vnni
+"""
+ZEN_5 = """processor	: 0
+vendor_id	: AuthenticAMD
+model name	: AMD EPYC
+flags		: fpu vme sse2 avx2 avx512f avx512_vnni avx_vnni avx512_bf16 avx512_vp2intersect
 """
 
 
@@ -37,19 +43,32 @@ def test_flags_of_the_first_cpu(tmp_path: Path) -> None:
     assert cpu_flags(tmp_path / "missing") == set()
 
 
-def test_amx_from_the_flags(tmp_path: Path) -> None:
-    assert cpu_has_amx_bf16(write(tmp_path, SAPPHIRE_RAPIDS))
-    # avx512_bf16 alone converts but has no bf16 matrix unit: not worth it
-    assert not cpu_has_amx_bf16(write(tmp_path, ICE_LAKE + " avx512_bf16\n"))
+def test_bf16_units_from_the_flags(tmp_path: Path) -> None:
+    assert cpu_bf16_units(write(tmp_path, SAPPHIRE_RAPIDS)) == "AMX-bf16"  # AMX wins over AVX512
+    assert cpu_bf16_units(write(tmp_path, ZEN_5)) == "AVX512-BF16"
+    assert cpu_bf16_units(write(tmp_path, ICE_LAKE)) is None
 
 
 def test_auto_follows_the_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for text, expected in ((SAPPHIRE_RAPIDS, "bf16"), (ICE_LAKE, "fp32")):
+    for text, expected, units in (
+        (SAPPHIRE_RAPIDS, "bf16", "AMX-bf16"),
+        (ZEN_5, "bf16", "AVX512-BF16"),
+        (ICE_LAKE, "fp32", "neither AMX-bf16 nor AVX512-BF16"),
+    ):
         monkeypatch.setattr(hardware, "CPUINFO", write(tmp_path, text))
         chosen, why = resolve_precision("auto", "cpu")
         assert chosen == expected
-        assert why.startswith("auto: the CPU has") and "AMX-bf16" in why
+        assert why.startswith(f"auto: the CPU has {units}")
         assert fast_bf16(torch.device("cpu"))[0] == (expected == "bf16")
+
+
+def test_without_flags_pytorchs_amx_check_decides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hardware, "CPUINFO", tmp_path / "missing")  # no /proc/cpuinfo
+    for has_amx, expected in ((True, "AMX-bf16"), (False, None)):
+        monkeypatch.setattr(torch._C._cpu, "_init_amx", lambda answer=has_amx: answer)
+        assert cpu_bf16_units() == expected
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
@@ -61,7 +80,7 @@ def test_the_flags_agree_with_pytorchs_own_amx_check() -> None:
     """Two independent answers on this machine: the kernel's flag list (what we read) and
     PyTorch's request for the AMX tile permission (False on a CPU without AMX)."""
     init_amx = torch._C._cpu._init_amx  # private, but the one other source of the answer
-    assert cpu_has_amx_bf16() == bool(init_amx())
+    assert (cpu_bf16_units() == "AMX-bf16") == bool(init_amx())
 
 
 def test_cuda_by_compute_capability(monkeypatch: pytest.MonkeyPatch) -> None:

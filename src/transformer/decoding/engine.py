@@ -108,7 +108,7 @@ class TorchEngine:
                 f"precision must be one of {', '.join(INFERENCE_PRECISIONS)}, got {precision!r}"
             )
         self.device = torch.device(device)
-        self.precision = precision  # fp32: exact; bf16 autocast: faster where the CPU has AMX
+        self.precision = precision  # fp32: exact; bf16 autocast: faster with AMX or AVX512-BF16
         # Under autocast, copies holding their linear maps in bf16 once (the same results).
         self.models = [autocast_copy(m, AUTOCAST_DTYPES.get(precision)) for m in models]
         self.vocab_size = models[0].config.vocab_size

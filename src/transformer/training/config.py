@@ -93,7 +93,7 @@ class TrainConfig:
     max_minutes: float = setting(0.0, ge=0.0)
     seed: int = 1
     device: Device = "auto"
-    # auto: bf16 where the device computes it natively (a CPU with AMX-bf16, a CUDA GPU of
+    # auto: bf16 where the device computes it natively (a CPU with AMX-bf16 or AVX512-BF16, a GPU of
     # compute capability >= 8.0), else fp32; fp32; bf16 autocast (CPU and CUDA); fp16 autocast
     # with a gradient scaler (CUDA only). The log states the choice and why.
     precision: Precision = "auto"
