@@ -203,9 +203,10 @@ class Translator:
         engine "torch" loads model directories; "ctranslate2" loads one directory written by
         `transformer export --format ctranslate2` (CTranslate2 uses torch.get_num_threads()
         threads). precision (torch engine): "fp32" (exact) or "bf16" autocast (faster on a CPU
-        with AMX-bf16 or AVX512-BF16 or a recent GPU; translations may differ slightly). Raises ModelDirError with a clear message for a missing or corrupt file, a
-        tokenizer that does not match the model's vocabulary, or a directory that was not
-        exported for the engine; ConfigError for an unknown engine or an ensemble it cannot run.
+        with AMX-bf16 or AVX512-BF16 or a recent GPU; translations may differ slightly). Raises
+        ModelDirError with a clear message for a missing or corrupt file, a tokenizer that does
+        not match the model's vocabulary, or a directory that was not exported for the engine;
+        ConfigError for an unknown engine or an ensemble it cannot run.
         """
         dirs = [model_dir] if isinstance(model_dir, str | Path) else list(model_dir)
         if not dirs:

@@ -57,8 +57,8 @@ def add_device_arguments(group: argparse._ActionsContainer) -> None:
         "--precision",
         choices=INFERENCE_PRECISIONS,
         default="fp32",
-        help="fp32 (default, exact) or bf16 autocast: faster on a CPU with AMX-bf16 or AVX512-BF16 and on "
-        "recent GPUs, outputs may differ slightly (torch engine)",
+        help="fp32 (default, exact) or bf16 autocast: faster on a CPU with AMX-bf16 or "
+        "AVX512-BF16 and on recent GPUs, outputs may differ slightly (torch engine)",
     )
 
 
