@@ -49,7 +49,7 @@ from torch import Tensor
 from _results import write_result
 from transformer.data.textfiles import read_lines
 from transformer.decoding import DecodeOptions, generate, length_batches, max_output_lengths
-from transformer.hardware import autocast
+from transformer.hardware import inference_context
 from transformer.model import Transformer, padding_mask
 from transformer.modeldir import load_model_dir
 from transformer.vocab import BOS_ID, EOS_ID, PAD_ID
@@ -147,9 +147,11 @@ def bench_method(
     settings = DecodeOptions(method=method, beam=beam, alpha=0.6)
     name = "greedy" if method == "greedy" else f"beam {beam}"
 
-    def ours(batch: Batch, use_cache: bool = True):
+    def ours(batch: Batch, use_cache: bool = True, precision: str = "fp32"):
+        # As `transformer translate --precision P` runs it (fp32: oneDNN linear maps on AMD CPUs).
         s = settings if use_cache else replace(settings, use_cache=False)
-        return generate([model], batch.src, batch.max_len, s)
+        with inference_context("cpu", precision):
+            return generate([model], batch.src, batch.max_len, s)
 
     seconds, outs = timed(ours, batches)
     tokens = int(sum(int(o.lengths[:, 0].sum()) for o in outs))
@@ -174,8 +176,7 @@ def bench_method(
         print(f"{name}: {decoder} {seconds:.1f} s", flush=True)
 
     if bf16:
-        with autocast("cpu", "bf16"):
-            seconds, rounded = timed(ours, batches)
+        seconds, rounded = timed(lambda b: ours(b, precision="bf16"), batches)
         add(
             "ours, bf16 autocast",
             seconds,

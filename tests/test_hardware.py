@@ -89,3 +89,55 @@ def test_cuda_by_compute_capability(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None, c=capability: c)
         assert fast_bf16(torch.device("cuda", 0))[0] is expected
         assert resolve_precision("auto", "cuda:0")[0] == ("bf16" if expected else "fp32")
+
+
+def test_vendor_from_the_cpuinfo(tmp_path: Path) -> None:
+    assert hardware.cpu_vendor(write(tmp_path, SAPPHIRE_RAPIDS)) == "GenuineIntel"
+    assert hardware.cpu_vendor(write(tmp_path, ZEN_5)) == "AuthenticAMD"
+    assert hardware.cpu_vendor(tmp_path / "missing") == ""
+
+
+def test_fp32_inference_uses_onednn_on_amd_cpus_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for text, expected in ((ZEN_5, True), (SAPPHIRE_RAPIDS, False), (ICE_LAKE, False)):
+        monkeypatch.setattr(hardware, "CPUINFO", write(tmp_path, text))
+        assert hardware.onednn_fp32_linear("cpu") is expected
+        context = hardware.inference_context("cpu", "fp32")
+        assert isinstance(context, hardware.OneDNNLinear) is expected
+        assert isinstance(hardware.inference_context("cpu", "bf16"), torch.autocast)
+    assert not hardware.onednn_fp32_linear("cuda")
+
+
+@pytest.mark.parametrize("shape", [(7, 32), (3, 5, 32)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_onednn_linear_equals_f_linear(shape: tuple[int, ...], bias: bool) -> None:
+    """The same map to float32 rounding, against the written-out x W^T + b."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=g)
+    w = torch.randn(48, 32, generator=g)
+    b = torch.randn(48, generator=g) if bias else None
+    expected = torch.einsum("...i,oi->...o", x.double(), w.double())
+    if b is not None:
+        expected = expected + b.double()
+    with torch.no_grad(), hardware.OneDNNLinear():
+        got = torch.nn.functional.linear(x, w, b)
+        got_kw = torch.nn.functional.linear(x, w, bias=b)
+    assert got.shape == expected.shape and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_kw, got, rtol=0, atol=0)
+
+
+def test_onednn_linear_leaves_training_and_other_dtypes_alone() -> None:
+    """With a gradient to compute, off float32 or under autocast, F.linear runs as usual."""
+    layer = torch.nn.Linear(8, 4)
+    x = torch.randn(2, 8)
+    with hardware.OneDNNLinear():
+        out = layer(x)
+        out.sum().backward()
+        half = torch.nn.functional.linear(x.bfloat16(), layer.weight.bfloat16())
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            cast = layer(x)  # autocast still casts to bf16 inside the mode
+    assert layer.weight.grad is not None
+    assert half.dtype == torch.bfloat16 and cast.dtype == torch.bfloat16
+    torch.testing.assert_close(out, torch.nn.functional.linear(x, layer.weight, layer.bias))

@@ -27,7 +27,7 @@ from torch import Tensor
 from transformer.data.tokenizer import SubwordTokenizer
 from transformer.decoding.batching import length_batches
 from transformer.decoding.engine import pad_ids
-from transformer.hardware import AUTOCAST_DTYPES, INFERENCE_PRECISIONS, autocast
+from transformer.hardware import AUTOCAST_DTYPES, INFERENCE_PRECISIONS, inference_context
 from transformer.model import AttentionRecord, TransformerClassifier, autocast_copy
 from transformer.modeldir import load_classifier_dir
 from transformer.vocab import BOS, EOS, EOS_ID
@@ -142,7 +142,7 @@ class Classifier:
         """The encoder's self-attention weights over `text`, every layer and head."""
         (ids,), _ = self.encode([text])
         src = pad_ids([[*ids, EOS_ID]], self.device)  # (1, S)
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), self._inference():
             record: AttentionRecord = self.model.attention_weights(src)
         tokens = [self.tokenizer.id_to_token(i) or "?" for i in ids] + [EOS]
         if self.model.config.pooling == "cls":
@@ -151,8 +151,8 @@ class Classifier:
 
     # ------------------------------------------------------------------------------ internals
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        return autocast(self.device, self.precision)
+    def _inference(self) -> contextlib.AbstractContextManager:
+        return inference_context(self.device, self.precision)
 
     @torch.no_grad()
     def _probabilities(self, ids: list[list[int]]) -> Tensor:
@@ -163,7 +163,7 @@ class Classifier:
         lengths = [len(seq) + extra for seq in ids]
         for batch in length_batches(lengths, self.max_tokens):
             src = pad_ids([[*ids[i], EOS_ID] for i in batch], self.device)  # (B, S)
-            with self._autocast():
+            with self._inference():
                 logits = self.model(src)  # (B, C)
             out[batch] = logits.float().softmax(dim=-1).cpu()
         return out

@@ -64,7 +64,7 @@ from transformer.decoding.engine import (
 )
 from transformer.decoding.generate import Generated
 from transformer.decoding.options import DecodeOptions
-from transformer.hardware import autocast
+from transformer.hardware import inference_context
 from transformer.model import Transformer
 from transformer.modeldir import TASK_FILE, ModelDirError, load_model_dir, load_task
 from transformer.vocab import BOS_ID, EOS_ID, PAD_ID
@@ -346,7 +346,7 @@ class Translator:
         best = [r.hypotheses[0].tokens for r in results]
         tgt_in = pad_ids([[BOS_ID, *hyp] for hyp in best], self.device)  # (N, |Y|)
         # In the engine's precision: under bf16 its models hold their linear maps in bf16.
-        with autocast(self.device, getattr(self.engine, "precision", "fp32")):
+        with inference_context(self.device, getattr(self.engine, "precision", "fp32")):
             record = self.models[0].attention_weights(src, tgt_in)
         enc = torch.stack(record.encoder_self, dim=1).float().cpu()  # (N, layers, H, S, S)
         dec = torch.stack(record.decoder_self, dim=1).float().cpu()  # (N, layers, H, T, T)

@@ -24,7 +24,7 @@ from torch import Tensor
 from transformer.decoding.batching import length_batches
 from transformer.decoding.generate import Generated, generate, max_output_lengths
 from transformer.decoding.options import DecodeOptions
-from transformer.hardware import AUTOCAST_DTYPES, INFERENCE_PRECISIONS, autocast
+from transformer.hardware import AUTOCAST_DTYPES, INFERENCE_PRECISIONS, inference_context
 from transformer.model import Transformer, autocast_copy
 from transformer.vocab import EOS_ID, PAD_ID
 
@@ -122,5 +122,5 @@ class TorchEngine:
         self, sources: list[list[int]], max_len: Tensor, settings: DecodeOptions
     ) -> Generated:
         src = pad_ids(sources, self.device)  # (N, S)
-        with autocast(self.device, self.precision):
+        with inference_context(self.device, self.precision):
             return generate(self.models, src, max_len.to(self.device), settings)
