@@ -109,10 +109,23 @@ def test_fp32_inference_uses_onednn_on_amd_cpus_only(
     assert not hardware.onednn_fp32_linear("cuda")
 
 
+def count_onednn_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Make `OneDNNLinear` count its calls of oneDNN (the list's length)."""
+    calls: list[int] = []
+    real = hardware.onednn_linear
+
+    def counted(*args):
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(hardware, "onednn_linear", counted)
+    return calls
+
+
 @pytest.mark.parametrize("shape", [(7, 32), (3, 5, 32)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_onednn_linear_equals_f_linear(shape: tuple[int, ...], bias: bool) -> None:
-    """The same map to float32 rounding, against the written-out x W^T + b."""
+def test_onednn_linear_equals_the_written_out_map(shape: tuple[int, ...], bias: bool) -> None:
+    """oneDNN gives x W^T + b to float32 rounding (against float64)."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(*shape, generator=g)
     w = torch.randn(48, 32, generator=g)
@@ -120,24 +133,38 @@ def test_onednn_linear_equals_f_linear(shape: tuple[int, ...], bias: bool) -> No
     expected = torch.einsum("...i,oi->...o", x.double(), w.double())
     if b is not None:
         expected = expected + b.double()
-    with torch.no_grad(), hardware.OneDNNLinear():
-        got = torch.nn.functional.linear(x, w, b)
-        got_kw = torch.nn.functional.linear(x, w, bias=b)
+    got = hardware.onednn_linear(x, w, b)
     assert got.shape == expected.shape and got.dtype == torch.float32
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(got_kw, got, rtol=0, atol=0)
 
 
-def test_onednn_linear_leaves_training_and_other_dtypes_alone() -> None:
-    """With a gradient to compute, off float32 or under autocast, F.linear runs as usual."""
+def test_the_mode_sends_fp32_inference_to_onednn(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = count_onednn_calls(monkeypatch)
+    layer = torch.nn.Linear(8, 4)
+    x = torch.randn(3, 2, 8)
+    with torch.no_grad(), hardware.OneDNNLinear():
+        got = layer(x)  # bias positional
+        got_kw = torch.nn.functional.linear(x, layer.weight, bias=layer.bias)
+    assert len(calls) == 2
+    with torch.no_grad():
+        torch.testing.assert_close(got, layer(x))
+    assert torch.equal(got_kw, got)
+
+
+def test_the_mode_leaves_training_other_dtypes_and_autocast_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = count_onednn_calls(monkeypatch)
     layer = torch.nn.Linear(8, 4)
     x = torch.randn(2, 8)
     with hardware.OneDNNLinear():
-        out = layer(x)
-        out.sum().backward()
+        layer(x).sum().backward()  # a gradient to compute
         half = torch.nn.functional.linear(x.bfloat16(), layer.weight.bfloat16())
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
             cast = layer(x)  # autocast still casts to bf16 inside the mode
+        with torch.no_grad():
+            vector = layer(x[0])  # 1-D input
+    assert calls == []
     assert layer.weight.grad is not None
     assert half.dtype == torch.bfloat16 and cast.dtype == torch.bfloat16
-    torch.testing.assert_close(out, torch.nn.functional.linear(x, layer.weight, layer.bias))
+    assert vector.shape == (4,)

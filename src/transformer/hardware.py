@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
 CPUINFO = Path("/proc/cpuinfo")
@@ -110,11 +111,12 @@ def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractC
     return torch.autocast(device_type=torch.device(device).type, dtype=AUTOCAST_DTYPES[precision])
 
 
-# fp32 inference on an AMD CPU: PyTorch multiplies fp32 matrices with MKL, which runs its AVX2
-# kernels there; oneDNN, which PyTorch also carries, uses the CPU's AVX-512. On a 2-core AMD EPYC
-# (Zen 5), one thread: beam-4 decoding of test2016 took 6.35 s with every linear map in oneDNN
-# against 9.55 s in MKL (1.50x), with the same translations (1,000 of 1,000, greedy and beam 4).
-# Intel CPUs keep MKL (not measured with oneDNN).
+# fp32 inference on an AMD CPU: PyTorch multiplies fp32 matrices with MKL, which there runs at an
+# AVX2 rate (105 GFLOP/s on one Zen 5 core, where bf16 reaches 454); oneDNN, which PyTorch also
+# carries, reports AVX-512 on that CPU (ONEDNN_VERBOSE=1). On a 2-core AMD EPYC (Zen 5), one
+# thread: beam-4 decoding of test2016 took 6.35 s with every linear map in oneDNN against 9.55 s
+# in MKL (1.50x), with the same translations (1,000 of 1,000, greedy and beam 4). Intel CPUs keep
+# MKL (not measured with oneDNN).
 ONEDNN_FP32_VENDORS = ("AuthenticAMD",)
 
 
@@ -132,8 +134,8 @@ def onednn_fp32_linear(device: torch.device | str) -> bool:
 class OneDNNLinear(TorchFunctionMode):
     """Inside it, `F.linear` on float32 CPU tensors that need no gradient runs oneDNN's fp32
     matmul (the kernel behind PyTorch's own CPU inference compiler) instead of MKL's; every other
-    call, and every call under CPU autocast, is untouched. Results agree with F.linear to float32 rounding (a different summation
-    order), not bit for bit."""
+    call, and every call under CPU autocast, is untouched. Results agree with F.linear to float32
+    rounding (a different summation order), not bit for bit."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -147,8 +149,13 @@ class OneDNNLinear(TorchFunctionMode):
                 and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
                 and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
             ):
-                return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+                return onednn_linear(x, weight, bias)
         return func(*args, **kwargs)
+
+
+def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """x W^T + b by oneDNN's fp32 matmul (no autograd): what `OneDNNLinear` calls."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
 def inference_context(

@@ -4,11 +4,12 @@ and on the sums of embeddings and positions.
 On a CPU, `torch.nn.Dropout` draws one Bernoulli variable per element from the Mersenne Twister,
 one generator call each: its `bernoulli_` was 7% of the self time of a bf16 training step in a
 profile on this project's CPU (one thread, configs/multi30k.yaml), and training in bf16 ran about
-4% faster with this class (benchmarks/train_speed.py, interleaved runs). `Dropout` draws 64 random bits per generator call and cuts them into four
-16-bit numbers, one per element: an element is kept when its number is at least p * 2^16
-(rounded), so P(keep) = 1 - round(p * 2^16) / 2^16 (p = 0.1: 0.9000061). The kept elements are
-scaled by 1 / (1 - p), as in `torch.nn.Dropout`, and the mask is stored as one byte per element
-for the backward pass. On other devices (CUDA has a fused kernel) it is `torch.nn.Dropout`.
+4% faster with this class (benchmarks/train_speed.py, interleaved runs). `Dropout` draws 64
+random bits per generator call and cuts them into four 16-bit numbers, one per element: an
+element is kept when its number is at least p * 2^16 (rounded), so
+P(keep) = 1 - round(p * 2^16) / 2^16 (p = 0.1: 0.9000061). The kept elements are scaled by
+1 / (1 - p), as in `torch.nn.Dropout`, and the mask is stored as one byte per element for the
+backward pass. On other devices (CUDA has a fused kernel) it is `torch.nn.Dropout`.
 """
 
 from __future__ import annotations
