@@ -81,7 +81,17 @@ def test_gradient_equals_torch_cross_entropy_with_label_smoothing(
         assert torch.equal(leaf.detach(), base)  # a leaf is never written over
 
 
-def test_bf16_gradient_is_the_float32_one_rounded() -> None:
+def test_blocks_are_small_on_a_cpu_and_large_on_a_gpu() -> None:
+    assert loss_module.block_rows(torch.device("cpu"), 8000) == loss_module.ROWS
+    assert loss_module.block_rows(torch.device("cuda"), 8000) == 2**27 // 8000  # 16,777 rows
+    assert loss_module.block_rows(torch.device("cuda"), 10**6) == loss_module.ROWS  # at least
+
+
+@pytest.mark.parametrize("rows", [2, 256])  # the kept float32 block grows when blocks do
+def test_bf16_gradient_is_the_float32_one_rounded(
+    rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(loss_module, "ROWS", rows)
     base, target = _logits_and_targets()
     leaf = base.bfloat16().requires_grad_()
     loss, _ = label_smoothed_nll_loss(leaf * 1.0, target, 0.1)
@@ -133,3 +143,24 @@ def test_the_cooldown_lowers_the_rate_linearly_over_the_last_updates() -> None:
     assert [cooldown_factor(s, 10, 4) for s in range(1, 11)] == [1] * 6 + [1, 0.75, 0.5, 0.25]
     assert [cooldown_factor(s, 10, 0) for s in (1, 10)] == [1.0, 1.0]  # off
     assert cooldown_factor(11, 10, 4) == 0.0  # past the budget (never trained)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_loss_on_cuda_in_large_blocks_matches_the_cpu_in_small_ones(dtype) -> None:
+    """More rows than one GPU block (so several blocks there) and than one CPU block."""
+    torch.manual_seed(0)
+    v, n = 5000, 2**27 // 5000 + 300
+    base = (3 * torch.randn(n, v)).to(dtype)
+    target = torch.randint(1, v, (n,))
+    target[::7] = PAD_ID
+    results = []
+    for device in ("cpu", "cuda"):
+        leaf = base.to(device).requires_grad_()
+        loss, nll = label_smoothed_nll_loss(leaf * 1.0, target.to(device), 0.1)
+        (grad,) = torch.autograd.grad(loss, leaf)
+        results.append([loss.cpu(), nll.cpu(), grad.float().cpu()])
+    (loss, nll, grad), (cuda_loss, cuda_nll, cuda_grad) = results
+    torch.testing.assert_close(cuda_loss, loss, rtol=1e-5, atol=0)
+    torch.testing.assert_close(cuda_nll, nll, rtol=1e-5, atol=0)
+    torch.testing.assert_close(cuda_grad, grad, rtol=1e-2, atol=1e-5)

@@ -8,12 +8,14 @@ parallelism give the same update as one big batch.
 
 The logits (tokens x V) are the largest tensor of a training step, so the loss is one autograd
 function that never makes a new tensor of that size: it works through them in blocks of rows (in
-float32, whatever their dtype), and its hand-written backward, d loss / d logits = softmax(logits)
-- q (q the smoothed target distribution, zero at padding), is written over the logits themselves
-(the output projection's backward needs its input and weight, never its output, so the logits
-are free once the loss is known; do not read them after `backward`). Autograd's own backward of
-log_softmax + gather + mean makes several (N, V) tensors and a float32 copy of bf16 logits, which
-on a CPU cost a third of a bf16 training step (page faults of fresh allocations included).
+float32, whatever their dtype; `block_rows`: small on a CPU, for its caches, and large on a GPU,
+where every block costs kernel launches that the CPU must issue), and its hand-written backward,
+d loss / d logits = softmax(logits) - q (q the smoothed target distribution, zero at padding), is
+written over the logits themselves (the output projection's backward needs its input and weight,
+never its output, so the logits are free once the loss is known; do not read them after
+`backward`). Autograd's own backward of log_softmax + gather + mean makes several (N, V) tensors
+and a float32 copy of bf16 logits, which on a CPU cost a third of a bf16 training step (page
+faults of fresh allocations included).
 """
 
 from __future__ import annotations
@@ -23,24 +25,29 @@ from torch import Tensor
 
 from transformer.vocab import PAD_ID
 
-ROWS = 256  # rows of logits per block: a float32 block of 256 x 32,000 is 32 MB
+ROWS = 256  # rows of logits per block on a CPU: a float32 block of 256 x 32,000 is 32 MB
+GPU_BLOCK_ELEMENTS = 2**27  # elements per block elsewhere: 512 MB in float32
 
 
-def _blocks(n: int) -> range:
-    return range(0, n, ROWS)
+def block_rows(device: torch.device, v: int) -> int:
+    """Rows of logits per block: ROWS on a CPU; on a GPU as many as GPU_BLOCK_ELEMENTS hold (a
+    whole batch of 12,500 tokens over 8,000 types is one block), since there each block costs
+    about ten kernel launches: with 256 rows, the loss was a third of the CPU time of a bf16
+    update of configs/base.yaml on an H200 (benchmarks/gpu_profile.py)."""
+    return ROWS if device.type == "cpu" else max(ROWS, GPU_BLOCK_ELEMENTS // v)
 
 
 _SCRATCH: dict[tuple[torch.device, int], Tensor] = {}
 
 
-def _scratch(device: torch.device, v: int) -> Tensor:
-    """A float32 block of ROWS x V kept from one call to the next: converting bf16 logits into a
-    fresh block at every call costs the page faults of a new allocation each time (on a CPU,
-    as much as the conversion itself)."""
+def _scratch(device: torch.device, v: int, rows: int) -> Tensor:
+    """A float32 block of at least `rows` x V kept from one call to the next: converting bf16
+    logits into a fresh block at every call costs the page faults of a new allocation each time
+    (on a CPU, as much as the conversion itself)."""
     key = (device, v)
-    if key not in _SCRATCH:
+    if key not in _SCRATCH or _SCRATCH[key].size(0) < rows:
         _SCRATCH.clear()  # one vocabulary at a time
-        _SCRATCH[key] = torch.empty(ROWS, v, dtype=torch.float32, device=device)
+        _SCRATCH[key] = torch.empty(rows, v, dtype=torch.float32, device=device)
     return _SCRATCH[key]
 
 
@@ -58,13 +65,14 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
         dtype = torch.float32
         lse = torch.empty(n, dtype=dtype, device=logits.device)  # log sum exp per row
         total = torch.empty_like(lse)  # sum of the logits per row
-        scratch = None if logits.dtype == dtype else _scratch(logits.device, v)
-        for i in _blocks(n):
-            block = logits[i : i + ROWS]
+        rows = max(1, min(n, block_rows(logits.device, v)))
+        scratch = None if logits.dtype == dtype else _scratch(logits.device, v, rows)
+        for i in range(0, n, rows):
+            block = logits[i : i + rows]
             if scratch is not None:
                 block = scratch[: block.size(0)].copy_(block)
-            lse[i : i + ROWS] = torch.logsumexp(block, dim=-1)
-            total[i : i + ROWS] = block.sum(dim=-1)
+            torch.logsumexp(block, dim=-1, out=lse[i : i + rows])
+            torch.sum(block, dim=-1, out=total[i : i + rows])
         picked = logits.gather(-1, index.unsqueeze(-1)).squeeze(-1).to(dtype)  # (N,)
         nll = lse - picked  # -log p(target)
         uniform = lse - total / v  # cross-entropy against the uniform distribution
@@ -82,17 +90,18 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
         weight = keep.to(lse.dtype) * grad_loss  # (N,): 0 at padding
         grad = logits if ctx.overwrite else torch.empty_like(logits)
         in_place = ctx.overwrite and logits.dtype == lse.dtype
-        scratch = None if in_place else _scratch(logits.device, v)
-        for i in _blocks(n):
-            rows = logits[i : i + ROWS]
-            block = rows if scratch is None else scratch[: rows.size(0)].copy_(rows)
-            block.sub_(lse[i : i + ROWS, None]).exp_().sub_(eps / v)  # softmax - eps / V
-            block[torch.arange(block.size(0), device=block.device), index[i : i + ROWS]] -= (
+        rows = max(1, min(n, block_rows(logits.device, v)))
+        scratch = None if in_place else _scratch(logits.device, v, rows)
+        for i in range(0, n, rows):
+            part = logits[i : i + rows]
+            block = part if scratch is None else scratch[: part.size(0)].copy_(part)
+            block.sub_(lse[i : i + rows, None]).exp_().sub_(eps / v)  # softmax - eps / V
+            block[torch.arange(block.size(0), device=block.device), index[i : i + rows]] -= (
                 1.0 - eps
             )
-            block.mul_(weight[i : i + ROWS, None])
+            block.mul_(weight[i : i + rows, None])
             if not in_place:
-                grad[i : i + ROWS] = block
+                grad[i : i + rows] = block
         return grad, None, None, None, None
 
 

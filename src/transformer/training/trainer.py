@@ -385,7 +385,9 @@ class Trainer:
         # DDP averages gradients over processes; scale so that the result is the token mean.
         scale = self.dist.world_size / global_tokens
         self.net.train()
-        loss_sum = nll_sum = 0.0
+        # The sums stay on the device until the group is done: one host sync per update, so
+        # that on a GPU the next batch's kernels are queued while the last ones still run.
+        sums: list[torch.Tensor] = []
         for i, batch in enumerate(group):
             batch = batch.to(self.device, non_blocking=True)
             last = i == len(group) - 1
@@ -399,9 +401,8 @@ class Trainer:
                     self.net, batch, self.config.optim.label_smoothing, self.autocast
                 )
                 self.scaler.scale(loss * scale).backward()
-            loss_sum += loss.item()
-            nll_sum += nll.item()
-        loss_sum, nll_sum = self.dist.sum([loss_sum, nll_sum])
+            sums.append(torch.stack([loss.detach(), nll.detach()]).double())
+        loss_sum, nll_sum = self.dist.sum(torch.stack(sums).sum(0).tolist())
         return loss_sum, nll_sum, global_tokens
 
     def train_step(self, group: list[Any]) -> dict[str, float] | None:
