@@ -1,19 +1,21 @@
 """Where a bf16 training update of configs/base.yaml spends its time on a CUDA GPU.
 
 Run from the repository root on a machine with a GPU and Multi30k prepared in
-work/multi30k-de-en (benchmarks/train_speed.py prepares it):
+work/multi30k-de-en (benchmarks/train_speed.py and benchmarks/gpu_suite.py prepare it):
 
     python3 benchmarks/gpu_profile.py
 
 It prints (1) the wall time of each of 14 updates (2 batches each, about 22,000 target tokens),
-(2) torch.profiler tables of those updates sorted by CPU and by GPU self time, and (3) target
-tokens/s of 20 updates after 5 untimed ones, with `train.compile=true` and without, through
-gpu_suite.measure_training. The compiled figure includes compilation: the batches come in many
-lengths, so the compiled model keeps recompiling within such a short window.
+(2) torch.profiler tables of those updates sorted by CPU and by GPU self time, with the GPU's
+busy share of the wall time, and (3) target tokens/s of eager training at three batch sizes
+(12,500 padded tokens per batch x 2 batches per update, as configs/base.yaml; 25,000 x 1;
+50,000 x 1), through gpu_suite.measure_training: if the speed grows with the batch, an update is
+bound by the CPU that launches its kernels, not by the GPU's arithmetic. (torch.compile's
+comparison is the gpu_suite step train_compile.)
 
-benchmarks/results/gpu_profile_base_bf16.txt is the output of this script's first revision (the
-same steps, written as one flat script) on an H200 (torch 2.11), before the
-model's attention left out cuDNN's backend: cuDNN built an execution plan for every new shape.
+benchmarks/results/gpu_profile_base_bf16.txt is its output on an H200 (torch 2.11), with the
+loss in large blocks on the GPU; benchmarks/results/gpu_suite_compile/ holds the one before that
+change (README, section "Speed on a GPU").
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from gpu_suite import measure_training, timing_overrides
@@ -36,9 +39,9 @@ from transformer.training.trainer import Trainer
 CONFIG = Path("configs/base.yaml")
 
 
-def overrides(extra: list[str], updates: int) -> list[str]:
+def overrides(extra: list[str], updates: int, update_freq: int = 2) -> list[str]:
     data, cuda = Path("work/multi30k-de-en"), torch.device("cuda")
-    return [*timing_overrides(data, cuda, "bf16", 2, updates), *extra]
+    return [*timing_overrides(data, cuda, "bf16", update_freq, updates), *extra]
 
 
 def profile_updates(updates: int = 14) -> None:
@@ -61,24 +64,31 @@ def profile_updates(updates: int = 14) -> None:
     table = prof.key_averages()
     print(table.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60))
     print(table.table(sort_by="self_cuda_time_total", row_limit=20, max_name_column_width=60))
+    kernels = [e for e in table if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
+    gpu = sum(e.self_device_time_total for e in kernels) / 1e6  # as the tables' "CUDA total"
+    print(f"GPU busy {gpu:.3f} s of {sum(times):.3f} s of updates ({100 * gpu / sum(times):.0f}%)")
 
 
-def compare_compile() -> None:
-    for name, extra in (("compile", ["train.compile=true"]), ("nocompile", [])):
-        start = time.perf_counter()
-        try:
-            r = measure_training(
-                CONFIG, overrides(extra, 25), 5, 20, torch.device("cuda"), Path(tempfile.mkdtemp())
-            )
-        except Exception as e:  # report and go on to the next variant
-            print(name, "failed", repr(e)[:500])
-            continue
+def batch_sizes() -> None:
+    for max_tokens, update_freq in ((12500, 2), (25000, 1), (50000, 1)):
+        extra = [f"data.max_tokens={max_tokens}"]
+        r = measure_training(
+            CONFIG,
+            overrides(extra, 30, update_freq),
+            5,
+            25,
+            torch.device("cuda"),
+            Path(tempfile.mkdtemp()),
+        )
         print(
-            name, "tokens/s", round(r["tokens_per_s"]), "TFLOP/s", r["flops_per_s"] / 1e12,
-            "wall", round(time.perf_counter() - start, 1), flush=True,
-        )  # fmt: skip
+            f"max_tokens {max_tokens} x update_freq {update_freq}: "
+            f"{r['target_tokens_per_update']:,.0f} target tokens/update, "
+            f"{r['tokens_per_s']:,.0f} tokens/s, {r['flops_per_s'] / 1e12:.1f} TFLOP/s, "
+            f"median update {r['update_seconds_median']:.3f} s",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
     profile_updates()
-    compare_compile()
+    batch_sizes()

@@ -21,13 +21,19 @@ killed by a time limit keeps what was done; a step cut off mid-way stays "runnin
    25,000 tokens). Multi30k's BPE has 8,000 tokens, not the paper's ~37,000: a second estimate
    scales the time by the FLOPs of the same batches with a 37,000-token softmax, at the same
    achieved FLOP/s.
-3. ``model``: the model that ``decode_speed`` and ``engine_speed`` decode with: ``--model DIR``, or
+3. ``train_compile``: step 2 again with ``train.compile=true`` (`torch.compile` of the model),
+   after ``Sizes.compile_warmup`` untimed updates (compilation, and the recompilations that new
+   batch shapes cause until the compiled graph takes dynamic shapes, fall there); the same timed
+   updates; tokens/s against step 2's eager figure, the graphs compiled, and the untimed seconds.
+   It tells whether ``train.compile`` pays on the device: a long run amortizes compilation, so the
+   comparison is of the speed after it.
+4. ``model``: the model that ``decode_speed`` and ``engine_speed`` decode with: ``--model DIR``, or
    else configs/multi30k.yaml trained for ``--train-minutes`` (bf16 on CUDA) and saved.
-4. ``decode_speed``: benchmarks/decode_speed.py's comparison (our cached decoder, the same without
+5. ``decode_speed``: benchmarks/decode_speed.py's comparison (our cached decoder, the same without
    the cache, Hugging Face Marian when ``transformers`` is installed), greedy and beam 4, on the
    device (its CLI decodes on the CPU only, so its functions are called here with the model and the
    batches on the device, each batch synchronized before the clock is read).
-5. ``engine_speed``: benchmarks/engine_speed.py's comparison on the device: torch fp32, torch bf16
+6. ``engine_speed``: benchmarks/engine_speed.py's comparison on the device: torch fp32, torch bf16
    (autocast), and CTranslate2 at float16 and int8_float16 on CUDA (float32 and int8 on a CPU),
    each decoder in a fresh process, BLEU on Multi30k test2016. engine_speed.py's CLI runs on the
    CPU with CTranslate2's "default" compute type only, so this step reimplements its loop: the
@@ -41,7 +47,7 @@ up is recorded as skipped.
 
 Writes, into ``--out`` (default benchmarks/results/gpu_suite/): one JSON per step (``STEP.json``),
 ``suite.json`` (the run and every step's record) and ``summary.md`` (a table naming every step,
-then each step's details): seven files, within what a device call brings back (eight). The exit
+then each step's details): eight files, what a device call brings back. The exit
 status is 1 when a step failed, else 0.
 
 Run (from the repository root)::
@@ -86,7 +92,7 @@ from transformer.training.config import load_config
 from transformer.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = ("gpu_tests", "train_speed", "model", "decode_speed", "engine_speed")
+STEPS = ("gpu_tests", "train_speed", "train_compile", "model", "decode_speed", "engine_speed")
 MULTI30K = REPO / "data" / "multi30k"
 FULL_DATA = REPO / "work" / "multi30k-de-en"
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "gpu_suite"
@@ -118,6 +124,7 @@ class Sizes:
     train_config: Path
     warmup: int
     updates: int
+    compile_warmup: int  # untimed updates of train_compile (compilation falls there)
     matmul_size: int
     matmul_reps: int
     model_config: Path
@@ -133,6 +140,7 @@ FULL = Sizes(
     train_config=REPO / "configs" / "base.yaml",
     warmup=5,
     updates=30,
+    compile_warmup=40,
     matmul_size=8192,
     matmul_reps=10,
     model_config=REPO / "configs" / "multi30k.yaml",
@@ -147,6 +155,7 @@ TINY = Sizes(
     train_config=REPO / "configs" / "tiny.yaml",
     warmup=1,
     updates=4,
+    compile_warmup=2,
     matmul_size=512,
     matmul_reps=5,
     model_config=REPO / "configs" / "tiny.yaml",
@@ -483,6 +492,12 @@ def measure_training(
     if len(starts) < warmup + updates:
         raise RuntimeError(f"only {len(starts)} updates ran, {warmup + updates} were asked for")
     seconds = ends[-1] - starts[warmup]
+    counters = torch._dynamo.utils.counters
+    graphs = counters["stats"]["unique_graphs"] if config.train.compile else 0
+    breaks = {  # the five most frequent reasons (their first lines), with their counts
+        reason.strip().splitlines()[0][:200]: n
+        for reason, n in (counters["graph_break"].most_common(5) if config.train.compile else [])
+    }
     timed_tokens = sum(tokens[warmup:])
     durations = [e - s for s, e in zip(starts[warmup:], ends[warmup:])]
     return {
@@ -502,6 +517,9 @@ def measure_training(
         "tokens_per_s": timed_tokens / seconds,
         "tokens_per_s_in_updates_only": timed_tokens / sum(durations),
         "update_seconds_median": statistics.median(durations),
+        "warmup_seconds": starts[warmup] - starts[0],
+        "compiled_graphs": graphs,
+        "graph_breaks": breaks,
         "flops_per_s": sum(flops[warmup:]) / seconds,
         "flops_ratio_at_paper_vocab": sum(paper_flops[warmup:]) / sum(flops[warmup:]),
         "log": logs[-5:],
@@ -529,6 +547,23 @@ def timing_overrides(
 
 
 def step_train_speed(suite: Suite) -> dict[str, Any]:
+    return training_speed(suite, [], suite.args.warmup)
+
+
+def step_train_compile(suite: Suite) -> dict[str, Any]:
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    r = training_speed(suite, ["train.compile=true"], suite.sizes.compile_warmup)
+    eager = (suite.records.get("train_speed") or {}).get("result")
+    if eager:
+        r["eager_tokens_per_s"] = eager["tokens_per_s"]
+        r["speedup_over_eager"] = r["tokens_per_s"] / eager["tokens_per_s"]
+    return r
+
+
+def training_speed(suite: Suite, extra: list[str], warmup: int | None) -> dict[str, Any]:
+    """train_speed's measurement with `extra` config overrides and `warmup` untimed updates
+    (None: the size's default), MFU and the projected base run included."""
     from model_speed import matmul_flops_per_s
 
     sizes, device, args = suite.sizes, suite.device, suite.args
@@ -540,9 +575,10 @@ def step_train_speed(suite: Suite) -> dict[str, Any]:
         update_freq = base.optim.update_freq
     else:  # about 25,000 target tokens per update, as in the paper
         update_freq = max(1, round(BASE_TOKENS_PER_UPDATE / per_batch))
-    warmup = args.warmup if args.warmup is not None else sizes.warmup
+    warmup = warmup if warmup is not None else sizes.warmup
     updates = args.updates if args.updates is not None else sizes.updates
     overrides = timing_overrides(data_dir, device, args.precision, update_freq, warmup + updates)
+    overrides += extra
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[args.precision]
     measured_peak = matmul_flops_per_s(device, dtype, sizes.matmul_size, reps=sizes.matmul_reps)
     with tempfile.TemporaryDirectory(dir=suite.work, prefix="train-speed-") as run_dir:
@@ -1000,6 +1036,14 @@ def step_summary(record: dict[str, Any]) -> str:
             f"(100,000 x 25,000 tok) projected {fmt_seconds(p['seconds'])} "
             f"({fmt_seconds(p['at_paper_vocab_seconds'])} at a {PAPER_VOCAB:,} vocab)"
         )
+    elif step == "train_compile":
+        versus = f", {r['speedup_over_eager']:.2f}x eager" if "speedup_over_eager" in r else ""
+        text = (
+            f"{r['tokens_per_s']:,.0f} target tok/s with torch.compile{versus}, MFU "
+            f"{100 * r['mfu']:.1f}%; {r['compiled_graphs']} graph(s) compiled, "
+            f"{sum(r['graph_breaks'].values())} graph break(s), in {r['warmup']} untimed "
+            f"updates ({r['warmup_seconds']:.0f} s)"
+        )
     elif step == "model":
         if r.get("trained"):
             text = f"trained {r['updates']} updates in {r['seconds']:.0f} s: {r['model']}"
@@ -1101,6 +1145,7 @@ def summary_markdown(meta: dict[str, Any], records: dict[str, dict[str, Any]]) -
 STEP_FUNCTIONS: dict[str, Callable[[Suite], dict[str, Any]]] = {
     "gpu_tests": step_gpu_tests,
     "train_speed": step_train_speed,
+    "train_compile": step_train_compile,
     "model": step_model,
     "decode_speed": step_decode_speed,
     "engine_speed": step_engine_speed,

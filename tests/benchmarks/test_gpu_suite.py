@@ -17,7 +17,7 @@ from tests.optional import require
 
 REPO = Path(__file__).resolve().parents[2]
 SUITE = REPO / "benchmarks" / "gpu_suite.py"
-STEPS = ("gpu_tests", "train_speed", "model", "decode_speed", "engine_speed")
+STEPS = ("gpu_tests", "train_speed", "train_compile", "model", "decode_speed", "engine_speed")
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -103,6 +103,17 @@ def test_train_speed_mfu_and_projected_base_run(tiny_run: Path) -> None:
     assert r["peak_flops_per_s"] == r["matmul_peak_flops_per_s"]
     assert r["config"] == "configs/tiny.yaml" and r["precision"] == "bf16"
     assert r["updates"] == 4 and r["target_tokens_per_update"] > 0
+
+
+def test_train_compile_is_compared_with_eager(tiny_run: Path) -> None:
+    r = step(tiny_run, "train_compile")["result"]
+    eager = step(tiny_run, "train_speed")["result"]
+    assert "train.compile=true" in r["overrides"] and "train.compile=true" not in eager["overrides"]
+    assert r["compiled_graphs"] >= 1 and eager["compiled_graphs"] == 0
+    assert r["warmup"] == 2 and r["updates"] == eager["updates"] and r["warmup_seconds"] > 0
+    assert r["eager_tokens_per_s"] == eager["tokens_per_s"]
+    assert r["speedup_over_eager"] == pytest.approx(r["tokens_per_s"] / eager["tokens_per_s"])
+    assert 0 < r["mfu"] <= 1
 
 
 def test_decode_and_engine_rows(tiny_run: Path) -> None:
