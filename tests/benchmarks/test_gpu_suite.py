@@ -19,10 +19,10 @@ REPO = Path(__file__).resolve().parents[2]
 SUITE = REPO / "benchmarks" / "gpu_suite.py"
 STEPS = ("gpu_tests", "train_speed", "train_compile", "model", "decode_speed", "engine_speed")
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(600)
 
 
-def run_suite(out: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+def run_suite(out: Path, *args: str, timeout: float = 480) -> subprocess.CompletedProcess:
     command = [sys.executable, str(SUITE), "--device", "cpu", "--threads", "1", "--out", str(out)]
     return subprocess.run(
         [*command, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
