@@ -3,6 +3,7 @@ AVX512-BF16 on a CPU, compute capability 8.0 or more on a GPU)."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,8 @@ flags		: fpu vme sse2 avx2 avx512f avx512_vnni avx_vnni avx512_bf16 avx512_vp2in
 
 
 def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "cpuinfo"
+    """A cpuinfo file named after its text (hardware reads each path once per process)."""
+    path = tmp_path / f"cpuinfo-{hashlib.sha1(text.encode()).hexdigest()[:12]}"
     path.write_text(text, encoding="utf-8")
     return path
 

@@ -17,6 +17,7 @@ there.
 from __future__ import annotations
 
 import contextlib
+import functools
 from pathlib import Path
 
 import torch
@@ -27,17 +28,23 @@ from torch.overrides import TorchFunctionMode
 CPUINFO = Path("/proc/cpuinfo")
 
 
+@functools.cache
+def _cpuinfo_lines(path: Path) -> tuple[str, ...]:
+    """The lines of a cpuinfo file, read once per path: the CPU does not change while a process
+    runs, and `inference_context` asks for its vendor at every batch. Empty where unreadable."""
+    try:
+        return tuple(path.read_text(encoding="utf-8", errors="replace").splitlines())
+    except OSError:
+        return ()
+
+
 def _cpuinfo_field(key: str, cpuinfo: Path | None) -> str | None:
     """The value of the first `key` line in `cpuinfo` (default: /proc/cpuinfo, Linux); None where
     unreadable or absent."""
-    try:
-        with open(cpuinfo or CPUINFO, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                name, _, value = line.partition(":")
-                if name.strip() == key:
-                    return value.strip()
-    except OSError:
-        pass
+    for line in _cpuinfo_lines(Path(cpuinfo or CPUINFO)):
+        name, _, value = line.partition(":")
+        if name.strip() == key:
+            return value.strip()
     return None
 
 

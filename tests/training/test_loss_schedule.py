@@ -82,9 +82,12 @@ def test_gradient_equals_torch_cross_entropy_with_label_smoothing(
 
 
 def test_blocks_are_small_on_a_cpu_and_large_on_a_gpu() -> None:
-    assert loss_module.block_rows(torch.device("cpu"), 8000) == loss_module.ROWS
-    assert loss_module.block_rows(torch.device("cuda"), 8000) == 2**27 // 8000  # 16,777 rows
-    assert loss_module.block_rows(torch.device("cuda"), 10**6) == loss_module.ROWS  # at least
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert loss_module.block_rows(cpu, 10**5, 8000) == loss_module.ROWS
+    assert loss_module.block_rows(cuda, 10**5, 8000) == 2**27 // 8000  # 16,777 rows
+    assert loss_module.block_rows(cuda, 10**5, 10**6) == loss_module.ROWS  # at least ROWS ...
+    assert loss_module.block_rows(cuda, 12500, 8000) == 12500  # ... at most the logits' rows
+    assert loss_module.block_rows(cpu, 0, 8000) == 1  # no rows: one empty block
 
 
 @pytest.mark.parametrize("rows", [2, 256])  # the kept float32 block grows when blocks do

@@ -29,12 +29,13 @@ ROWS = 256  # rows of logits per block on a CPU: a float32 block of 256 x 32,000
 GPU_BLOCK_ELEMENTS = 2**27  # elements per block elsewhere: 512 MB in float32
 
 
-def block_rows(device: torch.device, v: int) -> int:
-    """Rows of logits per block: ROWS on a CPU; on a GPU as many as GPU_BLOCK_ELEMENTS hold (a
-    whole batch of 12,500 tokens over 8,000 types is one block), since there each block costs
+def block_rows(device: torch.device, n: int, v: int) -> int:
+    """Rows per block of n x v logits: ROWS on a CPU; on a GPU as many as GPU_BLOCK_ELEMENTS hold
+    (a whole batch of 12,500 tokens over 8,000 types is one block), since there each block costs
     about ten kernel launches: with 256 rows, the loss was a third of the CPU time of a bf16
-    update of configs/base.yaml on an H200 (benchmarks/gpu_profile.py)."""
-    return ROWS if device.type == "cpu" else max(ROWS, GPU_BLOCK_ELEMENTS // v)
+    update of configs/base.yaml on an H200 (benchmarks/gpu_profile.py). At most n, at least 1."""
+    rows = ROWS if device.type == "cpu" else max(ROWS, GPU_BLOCK_ELEMENTS // v)
+    return max(1, min(n, rows))
 
 
 _SCRATCH: dict[tuple[torch.device, int], Tensor] = {}
@@ -65,7 +66,7 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
         dtype = torch.float32
         lse = torch.empty(n, dtype=dtype, device=logits.device)  # log sum exp per row
         total = torch.empty_like(lse)  # sum of the logits per row
-        rows = max(1, min(n, block_rows(logits.device, v)))
+        rows = block_rows(logits.device, n, v)
         scratch = None if logits.dtype == dtype else _scratch(logits.device, v, rows)
         for i in range(0, n, rows):
             block = logits[i : i + rows]
@@ -90,7 +91,7 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
         weight = keep.to(lse.dtype) * grad_loss  # (N,): 0 at padding
         grad = logits if ctx.overwrite else torch.empty_like(logits)
         in_place = ctx.overwrite and logits.dtype == lse.dtype
-        rows = max(1, min(n, block_rows(logits.device, v)))
+        rows = block_rows(logits.device, n, v)
         scratch = None if in_place else _scratch(logits.device, v, rows)
         for i in range(0, n, rows):
             part = logits[i : i + rows]
