@@ -10,8 +10,13 @@ It prints (1) the wall time of each of 14 updates (2 batches each, about 22,000 
 busy share of the wall time, and (3) target tokens/s of eager training at three batch sizes
 (12,500 padded tokens per batch x 2 batches per update, as configs/base.yaml; 25,000 x 1;
 50,000 x 1), through gpu_suite.measure_training: if the speed grows with the batch, an update is
-bound by the CPU that launches its kernels, not by the GPU's arithmetic. (torch.compile's
-comparison is the gpu_suite step train_compile.)
+bound by the CPU that launches its kernels, not by the GPU's arithmetic, and (4) the CPU cost of
+one bf16 linear map (forward and backward, autocast, the feed-forward's 512 -> 2048) when its row
+count is the same at every call, new at every call, or cycles through 40 counts already seen:
+token batches give every batch its own row count, and a matmul library that chooses its kernel
+per shape pays that choice again for every shape it has not seen. (torch.compile's comparison is
+the gpu_suite step train_compile.) `--parts` picks among profile, batches and shapes (default
+all three).
 
 benchmarks/results/gpu_profile_base_bf16.txt is its output on an H200 (torch 2.11), with the
 loss in large blocks on the GPU; benchmarks/results/gpu_suite_compile/ holds the one before that
@@ -20,6 +25,7 @@ change (README, section "Speed on a GPU").
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 import time
@@ -29,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch
+from torch import nn
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
@@ -89,6 +96,47 @@ def batch_sizes() -> None:
         )
 
 
+def linear_shapes(calls: int = 200, rows: int = 20000) -> None:
+    cuda = torch.device("cuda")
+    linear = nn.Linear(512, 2048, device=cuda)
+    inputs = torch.randn(rows + calls, 512, device=cuda)
+    regimes = {
+        "same rows at every call": [rows] * calls,
+        "new rows at every call": [rows + 1 + i for i in range(calls)],
+        "40 row counts, cycled": [rows - 1 - i % 40 for i in range(calls)],
+    }
+    run_linear(linear, inputs[:rows])  # the same-rows regime's shape is seen before it
+    for m in regimes["40 row counts, cycled"][:40]:  # and so are the cycle's
+        run_linear(linear, inputs[:m])
+    for name, counts in regimes.items():
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            start = time.perf_counter()
+            for m in counts:
+                run_linear(linear, inputs[:m])
+            torch.cuda.synchronize()
+            wall = time.perf_counter() - start
+        per_op = {e.key: e.cpu_time_total / e.count for e in prof.key_averages()}
+        print(
+            f"{name}: {1e6 * wall / calls:.0f} us per forward + backward (under the profiler); "
+            f"CPU per call: aten::addmm {per_op.get('aten::addmm', 0):.0f} us, "
+            f"aten::mm {per_op.get('aten::mm', 0):.0f} us",
+            flush=True,
+        )
+
+
+def run_linear(linear: nn.Module, x: torch.Tensor) -> None:
+    with torch.autocast("cuda", torch.bfloat16):
+        y = linear(x)
+    y.backward(torch.ones_like(y))
+
+
+PARTS = {"profile": profile_updates, "batches": batch_sizes, "shapes": linear_shapes}
+
 if __name__ == "__main__":
-    profile_updates()
-    batch_sizes()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--parts", default=",".join(PARTS), help="comma-separated: " + ",".join(PARTS)
+    )
+    for part in parser.parse_args().parts.split(","):
+        PARTS[part.strip()]()

@@ -511,6 +511,8 @@ def measure_training(
         "warmup": warmup,
         "updates": updates,
         "epochs_started": trainer.epoch + 1,
+        # fp16: updates the gradient scaler skipped on an overflow (they are timed too)
+        "skipped_updates": len(starts) - trainer.step,
         "seconds": seconds,
         "target_tokens": timed_tokens,
         "target_tokens_per_update": timed_tokens / updates,
