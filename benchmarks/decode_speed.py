@@ -12,7 +12,9 @@ detokenization excluded), after one untimed warm-up batch per decoder.
   finished sentences leave the batch), the paper's settings (GNMT alpha 0.6, max length
   source + 50).
 * ``ours, bf16 autocast`` (``--bf16``): the same in bf16 autocast, as ``--precision bf16``
-  decodes; "same tokens" says whether every hypothesis equals fp32's.
+  decodes (over `transformer.model.autocast_copy`, which holds the linear maps in bf16 once
+  instead of casting them at every step); "same tokens" says whether every hypothesis equals
+  fp32's.
 * ``ours-uncached``: the same loop and the same settings, but every step re-runs the decoder over
   the whole prefix (``use_cache=False``). Its output tokens are checked to equal ``ours``.
 * ``marian``: `transformers.MarianMTModel` with random weights and the same sizes (d_model, heads,
@@ -50,7 +52,7 @@ from _results import write_result
 from transformer.data.textfiles import read_lines
 from transformer.decoding import DecodeOptions, generate, length_batches, max_output_lengths
 from transformer.hardware import inference_context
-from transformer.model import Transformer, padding_mask
+from transformer.model import Transformer, autocast_copy, padding_mask
 from transformer.modeldir import load_model_dir
 from transformer.vocab import BOS_ID, EOS_ID, PAD_ID
 
@@ -147,11 +149,14 @@ def bench_method(
     settings = DecodeOptions(method=method, beam=beam, alpha=0.6)
     name = "greedy" if method == "greedy" else f"beam {beam}"
 
+    models = {"fp32": model, "bf16": autocast_copy(model, torch.bfloat16) if bf16 else None}
+
     def ours(batch: Batch, use_cache: bool = True, precision: str = "fp32"):
-        # As `transformer translate --precision P` runs it (fp32: oneDNN linear maps on AMD CPUs).
+        # As `transformer translate --precision P` runs it (fp32: oneDNN linear maps on AMD CPUs;
+        # bf16: autocast over the model's bf16 copy).
         s = settings if use_cache else replace(settings, use_cache=False)
         with inference_context("cpu", precision):
-            return generate([model], batch.src, batch.max_len, s)
+            return generate([models[precision]], batch.src, batch.max_len, s)
 
     seconds, outs = timed(ours, batches)
     tokens = int(sum(int(o.lengths[:, 0].sum()) for o in outs))

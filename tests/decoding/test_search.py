@@ -244,6 +244,12 @@ def test_beam_step_returns_2k_candidates_best_first():
     assert step.scores[0].tolist() == pytest.approx([-2.0, -2.5, -2.7, -3.0])
     assert step.tokens.tolist() == [[0, 0, 2, 1]]
     assert step.origins.tolist() == [[0, 1, 1, 0]]
+    # The decoding loop lets the step overwrite its scratch block: the same candidates.
+    scratch = log_probs.clone()
+    same = BeamSearch(2).step(scratch, torch.tensor([[-1.0, -2.0]]), overwrite=True)
+    for name in ("scores", "tokens", "origins"):
+        assert torch.equal(getattr(same, name), getattr(step, name))
+    assert torch.equal(scratch, log_probs + torch.tensor([[[-1.0], [-2.0]]]))
 
 
 def test_ban_repeated_ngrams():

@@ -5,11 +5,14 @@ import torch
 import torch.nn.functional as F
 
 from tests.conftest import B, D, H, S, T
+from transformer.model import attention
 from transformer.model.attention import (
     MultiHeadAttention,
     causal_mask,
     fused_attention,
     key_mask,
+    one_query_attention,
+    one_query_faster,
     padding_mask,
     reference_attention,
     written_out_is_faster,
@@ -68,6 +71,51 @@ def test_the_written_out_path_is_taken_only_for_reduced_precision_training_on_cp
     assert written_out_is_faster(x.bfloat16())  # bf16 with a gradient: training
     with torch.no_grad():
         assert not written_out_is_faster(x.bfloat16())
+
+
+def test_one_query_means_unmasked_cpu_inference_with_one_query_per_row_and_head() -> None:
+    x = torch.randn(2, 3, 2, 8)
+    mask = torch.ones(2, 1, 1, 5, dtype=torch.bool)
+    with torch.no_grad():
+        for dtype in (torch.float32, torch.bfloat16):
+            assert one_query_faster(x[:, :, :1].to(dtype), None)
+            assert not one_query_faster(x.to(dtype), None)  # two queries
+            assert not one_query_faster(x[:, :, :1].to(dtype), mask)  # cross-attention
+    assert not one_query_faster(x[:, :, :1].requires_grad_(), None)  # training: never
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_one_query_attention_equals_the_explicit_formula(dtype: torch.dtype) -> None:
+    """Against the paper's formula in float64; in bf16 about as close as the fused kernel."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 4, n, 16, generator=g) for n in (1, 9, 9))
+    allowed = torch.ones(1, 1, 1, 9, dtype=torch.bool)
+    expected = explicit_attention(q.double(), k.double(), v.double(), allowed)
+    q, k, v = (t.to(dtype) for t in (q, k, v))
+    got = one_query_attention(q, k, v)
+    assert got.dtype == dtype
+    error = (got.double() - expected).abs().max()
+    fused = (fused_attention(q, k, v).double() - expected).abs().max()
+    assert error <= (1e-6 if dtype == torch.float32 else max(2 * fused, 1e-2)), (error, fused)
+
+
+def test_decoding_on_cpu_takes_the_one_query_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = attention.one_query_attention
+    monkeypatch.setattr(
+        attention, "one_query_attention", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    mha = MultiHeadAttention(d_model=16, n_heads=4, d_k=4, d_v=4).eval()
+    x = torch.randn(3, 1, 16)
+    with torch.no_grad():
+        one = mha(x)[0]  # one query per (row, head): written out
+        assert len(calls) == 1
+        mha(torch.randn(3, 7, 16))  # seven (an encoder): fused
+        mha(x, torch.randn(3, 5, 16), mask=torch.ones(3, 1, 1, 5, dtype=torch.bool))  # masked
+        assert len(calls) == 1
+        q, k, v = mha.project_qkv(x)
+        fused = mha.out_proj(fused_attention(q, k, v).transpose(1, 2).reshape(3, 1, 16))
+    torch.testing.assert_close(one, fused)
 
 
 def test_bf16_training_attention_equals_the_fused_kernel_with_its_gradients() -> None:

@@ -209,7 +209,8 @@ def _beam_search(
         n = sentences.numel()
         log_probs = scorer.log_probs(prefix)  # (R, V), R = N * beams
         _constrain(log_probs, prefix, limit.repeat_interleave(beams), step, settings)
-        cand = search.step(log_probs.view(n, beams, -1), beam_scores)  # (N, 2K) each
+        # log_probs is the scorer's scratch block: the step may overwrite it.
+        cand = search.step(log_probs.view(n, beams, -1), beam_scores, overwrite=True)  # (N, 2K)
         width = cand.scores.size(1)
         rows = torch.arange(n, device=device)[:, None] * beams + cand.origins  # (N, 2K)
         history = prefix[:, 1:].index_select(0, rows.view(-1)).view(n, width, step)  # (N, 2K, t)

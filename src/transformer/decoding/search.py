@@ -91,13 +91,18 @@ class BeamSearch:
             raise ValueError(f"beam size must be at least 1, got {beam_size}")
         self.beam_size = beam_size
 
-    def step(self, log_probs: Tensor, beam_scores: Tensor) -> BeamStep:
+    def step(self, log_probs: Tensor, beam_scores: Tensor, overwrite: bool = False) -> BeamStep:
         """log_probs (N, k, V) of the next token, beam_scores (N, k) cumulative -> BeamStep.
 
         k is the number of open beams: 1 at the first step (all K beams would be identical), then K.
+        `overwrite`: log_probs is scratch that may hold the cumulative scores afterwards (the
+        decoding loop's; the same sums without a fresh N x k x V block at every step).
         """
         n, k, v = log_probs.shape
-        total = beam_scores.unsqueeze(-1) + log_probs  # (N, k, V)
+        if overwrite:
+            total = log_probs.add_(beam_scores.unsqueeze(-1))  # (N, k, V)
+        else:
+            total = beam_scores.unsqueeze(-1) + log_probs
         width = 2 * self.beam_size
         total = total.reshape(n, k * v)  # (N, k*V)
         if k * v < width:  # tiny vocabularies: pad with impossible candidates

@@ -1,11 +1,17 @@
 """DecoderCache: what incremental decoding must not recompute.
 
-Per decoder layer: the self-attention keys/values of every position decoded so far (appended in
-place into a buffer that grows by doubling, so a step costs O(1) copies, not O(T)), and the
+Per decoder layer: the self-attention keys/values of every position decoded so far, and the
 cross-attention keys/values of the encoder output (computed once per source, then reused).
 
 Shapes: B batch (sentences x beams), H heads, T positions decoded so far, S source length. The
 cross-attention keys/values hold one row per source (B / g rows when g beams share a source).
+
+The self-attention keys and values are kept contiguous, (B, H, T, d) with nothing between the
+rows, because attention multiplies them at every step and a strided slice of a larger buffer
+would be copied by each product first (on a CPU, 3.6 times the product itself). Each step
+writes them afresh at the front of the other of two flat buffers (`_Rows`): the new positions
+after the old ones, and beam search's reordering of the rows (`reorder`, deferred until then)
+in the same copy, so a step costs one copy of the cache, as the reordering alone used to.
 """
 
 from __future__ import annotations
@@ -14,66 +20,71 @@ import torch
 from torch import Tensor
 
 
+class _Rows:
+    """A (B, H, T, d) tensor that grows along T and has its rows selected, kept contiguous at
+    the front of one of two flat buffers (the other takes the next version)."""
+
+    def __init__(self) -> None:
+        self.value: Tensor | None = None  # (B, H, T, d), a view of `_front`
+        self._front: Tensor | None = None  # flat buffer holding `value`
+        self._back: Tensor | None = None  # flat buffer for the next version
+
+    def extend(self, new: Tensor, rows: Tensor | None) -> Tensor:
+        """value[rows] (all rows if None) followed along T by new (B', H, t, d) -> the result."""
+        old = self.value
+        b, h, t, d = new.shape
+        past = 0 if old is None else old.size(2)
+        size = b * h * (past + t) * d
+        if self._back is None or self._back.numel() < size:
+            grown = 2 * self._back.numel() if self._back is not None else 0
+            self._back = new.new_empty(max(size, grown))
+        out = self._back[:size].view(b, h, past + t, d)
+        if old is not None:
+            if rows is None:
+                out[:, :, :past] = old
+            else:
+                torch.index_select(old, 0, rows, out=out[:, :, :past])
+        out[:, :, past:] = new
+        self._front, self._back = self._back, self._front
+        self.value = out
+        return out
+
+
 class LayerCache:
     """Keys and values of one decoder layer."""
 
     def __init__(self) -> None:
-        self._self_k: Tensor | None = None  # (B, H, capacity, d_k)
-        self._self_v: Tensor | None = None  # (B, H, capacity, d_v)
-        self._spare_k: Tensor | None = None  # the other buffer of a pair, reused by reorder()
-        self._spare_v: Tensor | None = None
+        self._self_k = _Rows()
+        self._self_v = _Rows()
+        self._rows: Tensor | None = None  # a reordering not yet applied to the self keys/values
         self.length = 0
         self.cross_k: Tensor | None = None  # (B / g, H, S, d_k)
         self.cross_v: Tensor | None = None  # (B / g, H, S, d_v)
 
     def append_self(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Append k (B, H, t, d_k), v (B, H, t, d_v); return all keys/values so far (B, H, T, d)."""
-        t = k.size(2)
-        needed = self.length + t
-        if self._self_k is None or needed > self._self_k.size(2):
-            capacity = max(needed, 16 if self._self_k is None else 2 * self._self_k.size(2))
-            self._self_k = self._grow(self._self_k, k, capacity)
-            self._self_v = self._grow(self._self_v, v, capacity)
-            self._spare_k = self._spare_v = None
-        self._self_k[:, :, self.length : needed] = k
-        self._self_v[:, :, self.length : needed] = v
-        self.length = needed
-        return self._self_k[:, :, :needed], self._self_v[:, :, :needed]
-
-    def _grow(self, old: Tensor | None, like: Tensor, capacity: int) -> Tensor:
-        b, h, _, d = like.shape
-        new = like.new_empty(b, h, capacity, d)
-        if old is not None:
-            new[:, :, : self.length] = old[:, :, : self.length]
-        return new
+        """Append k (B, H, t, d_k), v (B, H, t, d_v); return all keys/values so far (B, H, T, d),
+        contiguous."""
+        rows, self._rows = self._rows, None
+        keys = self._self_k.extend(k, rows)
+        values = self._self_v.extend(v, rows)
+        self.length += k.size(2)
+        return keys, values
 
     def reorder(self, indices: Tensor, cross: Tensor | bool = True) -> None:
         """Keep batch rows `indices` (B') in that order, dropping the rest.
 
-        The cross-attention keys/values: `cross=True` selects the same rows; `cross=False`
-        leaves them alone (valid when `indices` only moves rows among the beams of a source);
-        a tensor selects those rows of them (one per source, when beams share a source).
+        The self-attention keys/values are selected at the next `append_self`, in the copy that
+        appends. The cross-attention keys/values: `cross=True` selects the same rows;
+        `cross=False` leaves them alone (valid when `indices` only moves rows among the beams of
+        a source); a tensor selects those rows of them (one per source, when beams share a
+        source).
         """
-        if self._self_k is not None:
-            self._self_k, self._spare_k = self._select(self._self_k, self._spare_k, indices)
-            self._self_v, self._spare_v = self._select(self._self_v, self._spare_v, indices)
+        if self._self_k.value is not None:
+            self._rows = indices if self._rows is None else self._rows.index_select(0, indices)
         if cross is not False and self.cross_k is not None:
             rows = indices if cross is True else cross
             self.cross_k = self.cross_k.index_select(0, rows)
             self.cross_v = self.cross_v.index_select(0, rows)
-
-    def _select(self, buf: Tensor, spare: Tensor | None, indices: Tensor) -> tuple[Tensor, Tensor]:
-        """Rows `indices` of buf's filled positions, written into the spare buffer (same
-        capacity) when it has the right shape; returns (new buffer, new spare). Reusing two
-        buffers avoids a fresh allocation (and its page faults) at every beam-search step, and only
-        the positions decoded so far are copied, not the whole capacity."""
-        _, h, capacity, d = buf.shape
-        shape = (indices.numel(), h, capacity, d)
-        if spare is None or spare.shape != shape:
-            spare = buf.new_empty(shape)
-        filled = slice(0, self.length)
-        torch.index_select(buf[:, :, filled], 0, indices, out=spare[:, :, filled])
-        return spare, buf
 
 
 class DecoderCache:
