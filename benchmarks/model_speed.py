@@ -19,15 +19,18 @@ Implementations, all with dropout on (training mode) and the same sizes:
   softmax(Q K^T / sqrt(d_k)) V (``reference_attention``), as ``need_weights=True`` does.
 
 Precisions: ``fp32``, and ``bf16`` under ``torch.autocast(device_type, dtype=torch.bfloat16)``
-(weights stay fp32).
+(weights stay fp32). Our models run in the context `transformer train` gives the forward pass
+(`transformer.hardware.training_context`: in fp32 on an AMD CPU, every linear map through
+oneDNN, forward and backward, instead of MKL); ``torch.nn.Transformer`` runs as PyTorch runs it.
 
 Model FLOPs utilisation (MFU): forward matmul FLOPs are counted analytically (2*m*n*k for the
 Q/K/V/output projections, attention scores Q K^T and weighted sums A V, both FFN matmuls and the
 output projection onto the vocabulary) on the padded batch shapes, with causal self-attention
 counted in full (T x T); a training step counts 3x that (the backward pass costs two matmuls per
 forward matmul). Achieved FLOP/s is divided by the FLOP/s of a large square matmul measured in the
-same run in the same precision (fp32, or bf16 for the bf16 rows), so MFU is relative to what this
-machine's matmul actually reaches, not to a datasheet peak.
+same run in the same precision (fp32, or bf16 for the bf16 rows) through the kernel our training
+uses (`matmul_flops_per_s`), so MFU is relative to what this machine's matmul actually reaches,
+not to a datasheet peak.
 
 Run (from the repository root)::
 
@@ -57,6 +60,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from transformer import ModelConfig, Transformer
+from transformer.hardware import training_context
 from transformer.model import MultiHeadAttention, sinusoid_table
 from transformer.vocab import BOS_ID, EOS_ID, PAD_ID
 
@@ -264,15 +268,21 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     raise ValueError(f"unknown precision {precision!r}")
 
 
+PRECISION_OF = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
 def matmul_flops_per_s(device: torch.device, dtype: torch.dtype, size: int, reps: int) -> float:
-    """Median FLOP/s of a (size x size) @ (size x size) matmul in `dtype`."""
+    """Median FLOP/s of a (size x size) by (size x size) product in `dtype`, through the kernel
+    that training's linear maps use (`F.linear` in `hardware.training_context`: oneDNN for
+    float32 on an AMD CPU, where PyTorch's own `torch.mm` would take MKL's slower one)."""
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
     times = []
     for i in range(reps + 2):  # two untimed warm-up products
         synchronize(device)
         start = time.perf_counter()
-        torch.mm(a, b)
+        with training_context(device, PRECISION_OF[dtype]):
+            F.linear(a, b)
         synchronize(device)
         if i >= 2:
             times.append(time.perf_counter() - start)
@@ -280,15 +290,17 @@ def matmul_flops_per_s(device: torch.device, dtype: torch.dtype, size: int, reps
 
 
 def training_step(
-    model: nn.Module, batch: Batch, device: torch.device, precision: str
+    model: nn.Module, batch: Batch, device: torch.device, precision: str, ours: bool = True
 ) -> Callable[[], float]:
-    """A closure that runs one forward+backward step and returns its wall time in seconds."""
+    """A closure that runs one forward+backward step and returns its wall time in seconds; in
+    the trainer's context (`ours`) or in plain autocast."""
+    context = training_context if ours else autocast
 
     def step() -> float:
         synchronize(device)
         start = time.perf_counter()
         model.zero_grad(set_to_none=True)
-        with autocast(device, precision):
+        with context(device, precision):
             logits = model(batch.src, batch.tgt_in)
             loss = F.cross_entropy(
                 logits.flatten(0, 1).float(),
@@ -352,7 +364,7 @@ def bench_config(
             train_flops_per_step=flops,
             matmul_peak_flops_per_s=peak,
         )
-        steps[impl] = training_step(model, batch, device, precision)
+        steps[impl] = training_step(model, batch, device, precision, ours=impl != BASELINE)
     for i in range(warmup + iters):
         for impl in impls:
             seconds = steps[impl]()

@@ -3,6 +3,7 @@ AVX512-BF16 on a CPU, compute capability 8.0 or more on a GPU)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from pathlib import Path
 
@@ -108,6 +109,10 @@ def test_fp32_inference_uses_onednn_on_amd_cpus_only(
         context = hardware.inference_context("cpu", "fp32")
         assert isinstance(context, hardware.OneDNNLinear) is expected
         assert isinstance(hardware.inference_context("cpu", "bf16"), torch.autocast)
+        training = hardware.training_context("cpu", "fp32")
+        assert isinstance(training, hardware.OneDNNLinear) is expected
+        assert not expected or training.train
+        assert isinstance(hardware.training_context("cpu", "bf16"), torch.autocast)
     assert not hardware.onednn_fp32_linear("cuda")
 
 
@@ -170,3 +175,44 @@ def test_the_mode_leaves_training_other_dtypes_and_autocast_alone(
     assert layer.weight.grad is not None
     assert half.dtype == torch.bfloat16 and cast.dtype == torch.bfloat16
     assert vector.shape == (4,)
+
+
+@pytest.mark.parametrize("shape", [(7, 32), (3, 5, 32)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_training_through_onednn_gives_the_gradients_of_f_linear(
+    shape: tuple[int, ...], bias: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With train=True the mode takes calls that need a gradient too: the output and all three
+    gradients equal F.linear's to float32 rounding, and the products ran in oneDNN."""
+    calls = count_onednn_calls(monkeypatch)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=g)
+    w = torch.randn(48, 32, generator=g)
+    b = torch.randn(48, generator=g) if bias else None
+    upstream = torch.randn(*shape[:-1], 48, generator=g)
+
+    def run(mode: bool) -> tuple[torch.Tensor, ...]:
+        leaves = [t.clone().requires_grad_() for t in (x, w, b) if t is not None]
+        with hardware.OneDNNLinear(train=True) if mode else contextlib.nullcontext():
+            y = torch.nn.functional.linear(*leaves)
+        y.backward(upstream)
+        return (y.detach(), *(t.grad for t in leaves))
+
+    expected = run(mode=False)
+    assert calls == []
+    got = run(mode=True)
+    assert len(calls) == 3  # forward, dx, dW
+    for a, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+
+
+def test_training_through_onednn_skips_gradients_nobody_needs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = count_onednn_calls(monkeypatch)
+    layer = torch.nn.Linear(8, 4)
+    x = torch.randn(3, 8)  # an input that needs no gradient: no dx product
+    with hardware.OneDNNLinear(train=True):
+        layer(x).sum().backward()
+    assert len(calls) == 2 and layer.weight.grad is not None and layer.bias.grad is not None
+    torch.testing.assert_close(layer.bias.grad, torch.full((4,), 3.0))

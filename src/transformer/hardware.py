@@ -1,4 +1,5 @@
-"""What the hardware offers: whether bfloat16 arithmetic is faster than float32 on a device.
+"""What the hardware offers: whether bfloat16 arithmetic is faster than float32 on a device, and
+which float32 matmul to use on a CPU.
 
 bf16 pays where the hardware multiplies bf16 matrices natively:
 
@@ -6,8 +7,9 @@ bf16 pays where the hardware multiplies bf16 matrices natively:
   rate under PyTorch's oneDNN kernels);
 - a CPU with the AVX512-BF16 dot-product instructions (Intel Cooper Lake, AMD Zen 4 and later):
   two bf16 products per float32 lane. Measured on a 2-core AMD EPYC (Zen 5) with torch 2.13:
-  a 4096x256 by 256x1024 matmul at 837 GFLOP/s in bf16 against 195 in float32, and
-  `transformer train` on configs/multi30k.yaml at 2.47 times the float32 tokens/s;
+  a 4096x256 by 256x1024 matmul at 837 GFLOP/s in bf16 against 195 in float32 (MKL's), and
+  `transformer train` on configs/multi30k.yaml at 2.47 times the float32 tokens/s of MKL and
+  1.71 times those of oneDNN (`OneDNNLinear`, which fp32 takes there);
 - a CUDA GPU of compute capability 8.0 or more (A100, H100, ...).
 
 Elsewhere PyTorch emulates bf16 and it is slower than float32, so `auto` precision means float32
@@ -118,18 +120,21 @@ def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractC
     return torch.autocast(device_type=torch.device(device).type, dtype=AUTOCAST_DTYPES[precision])
 
 
-# fp32 inference on an AMD CPU: PyTorch multiplies fp32 matrices with MKL, which there runs at an
-# AVX2 rate (105 GFLOP/s on one Zen 5 core, where bf16 reaches 454); oneDNN, which PyTorch also
-# carries, reports AVX-512 on that CPU (ONEDNN_VERBOSE=1). On a 2-core AMD EPYC (Zen 5), one
-# thread: beam-4 decoding of test2016 took 6.35 s with every linear map in oneDNN against 9.55 s
-# in MKL (1.50x), with the same translations (1,000 of 1,000, greedy and beam 4). Intel CPUs keep
-# MKL (not measured with oneDNN).
+# fp32 on an AMD CPU: PyTorch multiplies fp32 matrices with MKL, which there runs at an AVX2 rate
+# (105 GFLOP/s on one Zen 5 core, where bf16 reaches 454); oneDNN, which PyTorch also carries,
+# reports AVX-512 on that CPU (ONEDNN_VERBOSE=1). On a 2-core AMD EPYC (Zen 5): one thread,
+# beam-4 decoding of test2016 took 6.35 s with every linear map in oneDNN against 9.55 s in MKL
+# (1.50x), with the same translations (1,000 of 1,000, greedy and beam 4); two threads,
+# `transformer train` in fp32 (configs/multi30k.yaml) ran at 5,144 target tokens/s with its
+# linear maps in oneDNN, forward and backward, against 3,520 in MKL (1.46x). Intel CPUs keep MKL
+# (not measured with oneDNN).
 ONEDNN_FP32_VENDORS = ("AuthenticAMD",)
 
 
 def onednn_fp32_linear(device: torch.device | str) -> bool:
-    """Whether fp32 inference on `device` should run its linear maps in oneDNN (`OneDNNLinear`):
-    a CPU of a vendor in ONEDNN_FP32_VENDORS, with PyTorch built with oneDNN."""
+    """Whether fp32 inference and training on `device` should run their linear maps in oneDNN
+    (`OneDNNLinear`): a CPU of a vendor in ONEDNN_FP32_VENDORS, with PyTorch built with
+    oneDNN."""
     return (
         torch.device(device).type == "cpu"
         and cpu_vendor() in ONEDNN_FP32_VENDORS
@@ -139,10 +144,15 @@ def onednn_fp32_linear(device: torch.device | str) -> bool:
 
 
 class OneDNNLinear(TorchFunctionMode):
-    """Inside it, `F.linear` on float32 CPU tensors that need no gradient runs oneDNN's fp32
-    matmul (the kernel behind PyTorch's own CPU inference compiler) instead of MKL's; every other
-    call, and every call under CPU autocast, is untouched. Results agree with F.linear to float32
-    rounding (a different summation order), not bit for bit."""
+    """Inside it, `F.linear` on float32 CPU tensors runs oneDNN's fp32 matmul (the kernel behind
+    PyTorch's own CPU inference compiler) instead of MKL's: calls that need no gradient always,
+    and with `train=True` also those that do (`OneDNNLinearFunction`, whose backward multiplies in
+    oneDNN too). Every other call, and every call under CPU autocast, is untouched. Results agree
+    with F.linear to float32 rounding (a different summation order), not bit for bit."""
+
+    def __init__(self, train: bool = False):
+        super().__init__()
+        self.train = train
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -154,15 +164,42 @@ class OneDNNLinear(TorchFunctionMode):
                 x.dim() >= 2
                 and not torch.is_autocast_enabled("cpu")  # autocast's casts come first
                 and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
-                and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
             ):
-                return onednn_linear(x, weight, bias)
+                if not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
+                    return onednn_linear(x, weight, bias)
+                if self.train:
+                    return OneDNNLinearFunction.apply(x, weight, bias)
         return func(*args, **kwargs)
 
 
 def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """x W^T + b by oneDNN's fp32 matmul (no autograd): what `OneDNNLinear` calls."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+class OneDNNLinearFunction(torch.autograd.Function):
+    """F.linear(x, W, b) with its three products in oneDNN: y = x W^T + b forward; backward
+    dx = dy W (W^T made contiguous: a copy of the weight, small next to the product) and
+    dW = dy^T x over all rows, with db the column sums of dy."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return onednn_linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        x, weight = ctx.saved_tensors
+        grad_x = grad_weight = grad_bias = None
+        rows = grad.reshape(-1, grad.size(-1))  # (N, out)
+        if ctx.needs_input_grad[0]:
+            grad_x = onednn_linear(grad, weight.t().contiguous(), None)  # (..., in)
+        if ctx.needs_input_grad[1]:
+            grad_weight = onednn_linear(rows.t(), x.reshape(-1, x.size(-1)).t(), None)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = rows.sum(0)
+        return grad_x, grad_weight, grad_bias
 
 
 def inference_context(
@@ -172,4 +209,15 @@ def inference_context(
     autocast; for fp32, `OneDNNLinear` where `onednn_fp32_linear(device)`, else nothing."""
     if precision == "fp32" and onednn_fp32_linear(device):
         return OneDNNLinear()
+    return autocast(device, precision)
+
+
+def training_context(
+    device: torch.device | str, precision: str
+) -> contextlib.AbstractContextManager:
+    """The context of a training forward pass in `precision` on `device`: bf16 (or fp16)
+    autocast; for fp32, `OneDNNLinear(train=True)` where `onednn_fp32_linear(device)` (its
+    backward needs no context: the products are in the autograd graph), else nothing."""
+    if precision == "fp32" and onednn_fp32_linear(device):
+        return OneDNNLinear(train=True)
     return autocast(device, precision)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tests.training.conftest import run_config
+from transformer import hardware
 from transformer.data.batching import collate
 from transformer.training import objective as objective_module
 from transformer.training.checkpoint import latest_checkpoint, list_checkpoints
@@ -170,6 +171,28 @@ def test_bf16_autocast_trains_on_cpu(small_data: Path, tmp_path: Path) -> None:
     trainer.train()
     assert trainer.step == 3
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # fp32 master weights
+
+
+@pytest.mark.parametrize("amd", [False, True])
+def test_fp32_on_an_amd_cpu_multiplies_in_onednn_with_the_same_gradient(
+    small_data: Path, amd: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fp32 training sends every linear map through oneDNN where `onednn_fp32_linear` says so
+    (an AMD CPU), forward and backward, and the gradient of an update is MKL's to rounding."""
+    monkeypatch.setattr(hardware, "onednn_fp32_linear", lambda device: False)  # MKL
+    reference = _no_dropout(small_data)
+    batch = collate([reference.train_data[i] for i in range(8)])
+    reference.forward_backward([batch])
+    monkeypatch.setattr(hardware, "onednn_fp32_linear", lambda device: amd)
+    calls: list[int] = []
+    real = hardware.onednn_linear
+    monkeypatch.setattr(hardware, "onednn_linear", lambda *a: calls.append(1) or real(*a))
+    trainer = _no_dropout(small_data)
+    trainer.forward_backward([batch])
+    assert (len(calls) > 0) is amd
+    got, expected = _grads(trainer), _grads(reference)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], atol=1e-6, rtol=1e-5, msg=name)
 
 
 def test_fp16_on_cpu_is_refused_with_a_hint(small_data: Path, tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from transformer.data.batching import TokenBatchSampler
 from transformer.data.dataset import load_split, load_tokenizer, read_manifest
 from transformer.data.errors import DataError
-from transformer.hardware import autocast, resolve_precision
+from transformer.hardware import autocast, resolve_precision, training_context
 from transformer.modeldir import copy_matching_weights, save_model_dir
 from transformer.training.checkpoint import (
     latest_checkpoint,
@@ -176,7 +176,12 @@ class Trainer:
         return rate * cooldown_factor(step, self.config.train.max_updates, o.cooldown)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        return autocast(self.device, self.precision)
+        """The forward pass's context: autocast in bf16/fp16; in fp32 on an AMD CPU, the linear
+        maps in oneDNN (`hardware.training_context`), except under torch.compile, which traces
+        the model's own operations."""
+        if self.config.train.compile:
+            return autocast(self.device, self.precision)
+        return training_context(self.device, self.precision)
 
     def log(self, message: str) -> None:
         if self.dist.is_main:
