@@ -42,8 +42,8 @@ killed by a time limit keeps what was done; a step cut off mid-way stays "runnin
 
 ``--tiny`` (automatic without CUDA) shrinks everything so that the suite itself can be tested on a
 CPU in a few minutes (mostly torch.compile's): configs/tiny.yaml on a 1,000-pair slice of
-Multi30k, a handful of updates, a few sentences. ``--minutes`` is a soft total budget: a step not started when it is used
-up is recorded as skipped.
+Multi30k, a handful of updates, a few sentences. ``--minutes`` is a soft total budget: a step not
+started when it is used up is recorded as skipped.
 
 Writes, into ``--out`` (default benchmarks/results/gpu_suite/): one JSON per step (``STEP.json``),
 ``suite.json`` (the run and every step's record) and ``summary.md`` (a table naming every step,

@@ -44,7 +44,6 @@ to ``benchmarks/results/model_speed.json`` (``--json``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import platform
@@ -53,14 +52,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from transformer import ModelConfig, Transformer
-from transformer.hardware import training_context
+from transformer.hardware import AUTOCAST_DTYPES, autocast, training_context
 from transformer.model import MultiHeadAttention, sinusoid_table
 from transformer.vocab import BOS_ID, EOS_ID, PAD_ID
 
@@ -260,15 +258,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    raise ValueError(f"unknown precision {precision!r}")
-
-
-PRECISION_OF = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+PRECISION_OF = {torch.float32: "fp32"} | {dtype: p for p, dtype in AUTOCAST_DTYPES.items()}
 
 
 def matmul_flops_per_s(device: torch.device, dtype: torch.dtype, size: int, reps: int) -> float:

@@ -207,17 +207,21 @@ def inference_context(
 ) -> contextlib.AbstractContextManager:
     """The context to run a model for inference in `precision` on `device`: bf16 (or fp16)
     autocast; for fp32, `OneDNNLinear` where `onednn_fp32_linear(device)`, else nothing."""
-    if precision == "fp32" and onednn_fp32_linear(device):
-        return OneDNNLinear()
-    return autocast(device, precision)
+    return _precision_context(device, precision, train=False)
 
 
 def training_context(
     device: torch.device | str, precision: str
 ) -> contextlib.AbstractContextManager:
-    """The context of a training forward pass in `precision` on `device`: bf16 (or fp16)
-    autocast; for fp32, `OneDNNLinear(train=True)` where `onednn_fp32_linear(device)` (its
-    backward needs no context: the products are in the autograd graph), else nothing."""
+    """The context of a training forward pass: as `inference_context`, with the linear maps
+    that need a gradient in oneDNN too (`OneDNNLinear(train=True)`; the backward needs no
+    context: the products are in the autograd graph)."""
+    return _precision_context(device, precision, train=True)
+
+
+def _precision_context(
+    device: torch.device | str, precision: str, train: bool
+) -> contextlib.AbstractContextManager:
     if precision == "fp32" and onednn_fp32_linear(device):
-        return OneDNNLinear(train=True)
+        return OneDNNLinear(train=train)
     return autocast(device, precision)

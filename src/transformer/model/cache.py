@@ -8,10 +8,12 @@ cross-attention keys/values hold one row per source (B / g rows when g beams sha
 
 The self-attention keys and values are kept contiguous, (B, H, T, d) with nothing between the
 rows, because attention multiplies them at every step and a strided slice of a larger buffer
-would be copied by each product first (on a CPU, 3.6 times the product itself). Each step
-writes them afresh at the front of the other of two flat buffers (`_Rows`): the new positions
-after the old ones, and beam search's reordering of the rows (`reorder`, deferred until then)
-in the same copy, so a step costs one copy of the cache, as the reordering alone used to.
+is copied by each product first (on a CPU, one query per row and head over 20 of 64 positions
+in bf16, with a training run sharing the machine: 2.1 ms over the slice against 0.58 ms over
+contiguous keys). Each step writes them afresh at the front of the other of two flat buffers
+(`_Rows`): the new positions after the old ones, and beam search's reordering of the rows
+(`reorder`, deferred until then) in the same copy, so a step costs one copy of the cache, as
+the reordering alone used to.
 """
 
 from __future__ import annotations
