@@ -9,9 +9,10 @@ from torch import nn
 from tests.copy_model import copy_batch
 from transformer.decoding import DecodeOptions, generate
 from transformer.decoding.engine import TorchEngine
+from transformer.decoding.generate import ModelState
 from transformer.hardware import autocast
 from transformer.model import autocast_copy, padding_mask
-from transformer.vocab import PAD_ID
+from transformer.vocab import BOS_ID, PAD_ID
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +107,23 @@ def test_the_autocast_copy_decodes_exactly_as_autocast(copy_model, sources, meth
     engine = TorchEngine([copy_model], precision="bf16")
     assert engine.models[0] is not copy_model
     assert engine.models[0].output_weight.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_log_probs_are_the_float32_log_softmax_of_the_logits(copy_model, sources, precision):
+    """bf16 logits are converted into the reused float32 block and normalised there in place:
+    the very values of log_softmax(logits, dtype=float32), at every step."""
+    src, _ = sources
+    model = autocast_copy(copy_model, torch.bfloat16) if precision == "bf16" else copy_model
+    with torch.no_grad(), autocast("cpu", precision):
+        state = ModelState(model, src, use_cache=False)
+        prefix = torch.full((src.size(0), 1), BOS_ID, dtype=torch.long)
+        for _ in range(3):
+            got = state.log_probs(prefix)
+            logits = model.decode(prefix, state.memory, state.src_mask)[:, -1]
+            assert got.dtype == torch.float32
+            assert torch.equal(got, torch.log_softmax(logits, dim=-1, dtype=torch.float32))
+            prefix = torch.cat([prefix, got.argmax(-1, keepdim=True)], dim=1)
 
 
 @pytest.mark.parametrize("method", ["greedy", "beam", "sample"])

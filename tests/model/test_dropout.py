@@ -58,3 +58,20 @@ def test_the_same_seed_draws_the_same_mask():
     b = Dropout(0.1).train()(x)
     assert torch.equal(a, b)
     assert not torch.equal(a, Dropout(0.1).train()(x))  # the generator moved on
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_a_mask_in_a_float_dtype_is_the_bool_mask_of_the_same_draws(dtype):
+    torch.manual_seed(5)
+    keep = keep_mask((3, 1001), 0.3, torch.device("cpu"))
+    torch.manual_seed(5)
+    ones = keep_mask((3, 1001), 0.3, torch.device("cpu"), dtype)
+    assert ones.dtype == dtype and ones.shape == (3, 1001)
+    assert torch.equal(ones, keep.to(dtype))
+
+
+def test_a_mask_keeps_everything_below_the_resolution_and_nothing_at_one():
+    cpu = torch.device("cpu")
+    assert keep_mask((5, 7), 2**-18, cpu).all()
+    assert not keep_mask((5, 7), 1.0, cpu).any()
+    assert torch.equal(keep_mask((4,), 0.0, cpu, torch.float32), torch.ones(4))

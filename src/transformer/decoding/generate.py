@@ -61,7 +61,9 @@ class ModelState:
         if self._out.numel() < last.numel():
             self._out = torch.empty(last.numel(), device=last.device)
         out = self._out[: last.numel()].view(last.shape)
-        return torch.log_softmax(last, dim=-1, dtype=torch.float32, out=out)
+        if last.dtype != out.dtype:  # bf16 logits: converted into the block, then in place (a
+            last = out.copy_(last)  # fresh float32 copy of them cost as much as log_softmax)
+        return torch.log_softmax(last, dim=-1, out=out)
 
     def reorder(self, indices: Tensor, sources: Tensor | None) -> None:
         """Keep rows `indices` of the cache, and rows `sources` of the memory, the mask and the
