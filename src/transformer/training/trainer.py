@@ -35,7 +35,12 @@ from tqdm import tqdm
 from transformer.data.batching import TokenBatchSampler
 from transformer.data.dataset import load_split, load_tokenizer, read_manifest
 from transformer.data.errors import DataError
-from transformer.hardware import autocast, resolve_precision, training_context
+from transformer.hardware import (
+    autocast,
+    keep_freed_memory,
+    resolve_precision,
+    training_context,
+)
 from transformer.modeldir import copy_matching_weights, save_model_dir
 from transformer.training.checkpoint import (
     latest_checkpoint,
@@ -79,6 +84,8 @@ class Trainer:
                 "train.precision fp16 is for CUDA devices (a CPU computes fp16 slowly); "
                 "use bf16 on CPU"
             )
+        if self.device.type == "cpu":
+            keep_freed_memory()  # no page faults for the largest tensors at every update
         self.metrics = MetricsLog(self.run_dir, enabled=self.dist.is_main)
 
         # Data: the tokenizer fixes the vocabulary, hence the model's size.
