@@ -84,6 +84,24 @@ def test_a_run_directory_refuses_a_changed_recipe_but_accepts_a_longer_run(tmp_p
         parse_config(micro_config(tmp_path, optim={"cooldown": 99}), where="e")
 
 
+def test_a_cooldown_in_minutes_needs_a_time_budget_and_fixes_it(tmp_path: Path) -> None:
+    timed = micro_config(tmp_path, optim={"cooldown_minutes": 5}, train={"max_minutes": 20})
+    cooled = parse_config(timed, where="a")
+    assert cooled.optim.cooldown_minutes == 5.0
+    prepare_run_dir(cooled, tmp_path / "run")
+    longer = cooled.replace("train", max_minutes=30.0)  # the cooldown would move: another recipe
+    with pytest.raises(ConfigError, match=r"train.max_minutes"):
+        prepare_run_dir(longer, tmp_path / "run")
+    untimed = micro_config(tmp_path, optim={"cooldown_minutes": 5}, train={"max_minutes": 0})
+    with pytest.raises(ConfigError, match=r"optim.cooldown_minutes: 5 minutes needs a train"):
+        parse_config(untimed, where="b")
+    both = micro_config(
+        tmp_path, optim={"cooldown_minutes": 5, "cooldown": 2}, train={"max_minutes": 20}
+    )
+    with pytest.raises(ConfigError, match=r"either it or optim.cooldown \(updates\)"):
+        parse_config(both, where="c")
+
+
 def test_every_value_out_of_its_limits_is_named_with_the_limit(tmp_path: Path) -> None:
     config = micro_config(
         tmp_path,

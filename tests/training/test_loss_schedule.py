@@ -143,9 +143,12 @@ def test_schedule_counts_updates_from_one() -> None:
 
 
 def test_the_cooldown_lowers_the_rate_linearly_over_the_last_updates() -> None:
-    assert [cooldown_factor(s, 10, 4) for s in range(1, 11)] == [1] * 6 + [1, 0.75, 0.5, 0.25]
-    assert [cooldown_factor(s, 10, 0) for s in (1, 10)] == [1.0, 1.0]  # off
-    assert cooldown_factor(11, 10, 4) == 0.0  # past the budget (never trained)
+    # 10 updates, a cooldown over the last 4: what is left at update s is 11 - s (s included).
+    assert [cooldown_factor(11 - s, 4) for s in range(1, 11)] == [1] * 6 + [1, 0.75, 0.5, 0.25]
+    assert [cooldown_factor(11 - s, 0) for s in (1, 10)] == [1.0, 1.0]  # off
+    assert cooldown_factor(0, 4) == 0.0  # past the budget (never trained)
+    # In minutes: 60 of them, a cooldown over the last 20.
+    assert [cooldown_factor(60 - m, 20) for m in (0, 40, 50, 59.5, 61)] == [1, 1, 0.5, 0.025, 0]
 
 
 @pytest.mark.gpu

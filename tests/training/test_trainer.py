@@ -75,6 +75,24 @@ def test_a_cooldown_anneals_the_last_updates(small_data: Path) -> None:
     )
 
 
+def test_a_cooldown_in_minutes_anneals_the_last_minutes(small_data: Path) -> None:
+    config = run_config(
+        small_data,
+        optim={"cooldown_minutes": 2},
+        train={"max_updates": 3, "max_minutes": 10, "save_every": 0},
+    )
+    trainer = Trainer(config, small_data.parent / "run-cooldown-minutes", log=lambda m: None)
+    noam = noam_learning_rate(3, 32, 10)
+    assert [trainer.learning_rate(3, m) / noam for m in (0, 8, 9, 9.5, 10)] == [
+        pytest.approx(x) for x in (1, 1, 0.5, 0.25, 0)
+    ]
+    trainer.progress.train_seconds = 9 * 60  # resumed 9 minutes in: half the rate is left
+    assert trainer.learning_rate(3) == pytest.approx(noam / 2)
+    trainer.progress.train_seconds = 0.0
+    trainer.train()  # 3 quick updates, far from the cooldown
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(noam, rel=1e-3)
+
+
 def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(
     small_data: Path, tmp_path: Path
 ) -> None:

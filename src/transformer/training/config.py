@@ -72,6 +72,10 @@ class OptimConfig:
     # Not in the paper: lower the rate linearly to ~0 over the last `cooldown` updates before
     # train.max_updates (0 = off). A run that ends at its update budget ends annealed.
     cooldown: int = setting(0, ge=0)
+    # The same over the last `cooldown_minutes` of train.max_minutes (0 = off): a run that ends
+    # at its time budget ends annealed, whatever the machine's speed (the rate then depends on
+    # the training time measured, so two runs differ). At most one of the two cooldowns.
+    cooldown_minutes: float = setting(0.0, ge=0.0)
     # Label smoothing epsilon_ls (paper §5.4).
     label_smoothing: float = setting(0.1, ge=0.0, lt=1.0)
     # Accumulate gradients over this many batches per update (reach ~25k tokens on small hardware).
@@ -207,10 +211,20 @@ def parse_config(data: Any, where: str) -> RunConfig:
         except ConfigError as e:
             problems += [f"{name}.{p}" for p in e.problems]
     if "optim" in built and "train" in built:
-        cooldown, budget = built["optim"].cooldown, built["train"].max_updates
-        if cooldown > budget:
+        optim, train = built["optim"], built["train"]
+        if optim.cooldown > train.max_updates:
             problems.append(
-                f"optim.cooldown: {cooldown} updates is more than train.max_updates ({budget})"
+                f"optim.cooldown: {optim.cooldown} updates is more than train.max_updates "
+                f"({train.max_updates})"
+            )
+        if optim.cooldown_minutes and not 0 < optim.cooldown_minutes <= train.max_minutes:
+            problems.append(
+                f"optim.cooldown_minutes: {optim.cooldown_minutes:g} minutes needs a "
+                f"train.max_minutes at least as long (it is {train.max_minutes:g})"
+            )
+        if optim.cooldown and optim.cooldown_minutes:
+            problems.append(
+                "optim.cooldown_minutes: set either it or optim.cooldown (updates), not both"
             )
     model = data.get("model") or {}
     if not isinstance(model, dict):

@@ -31,6 +31,8 @@ def prepare_run_dir(config: RunConfig, run_dir: Path, write: bool = True) -> Non
         resumable = set(RESUMABLE_CHANGES)
         if config.optim.cooldown or saved.optim.cooldown:  # the schedule ends at max_updates
             resumable.discard("train.max_updates")
+        if config.optim.cooldown_minutes or saved.optim.cooldown_minutes:  # ... at max_minutes
+            resumable.discard("train.max_minutes")
         fixed = [c for c in changes if c.split(":")[0] not in resumable]
         if fixed:
             raise ConfigError(

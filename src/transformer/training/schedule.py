@@ -7,8 +7,9 @@ It rises linearly for `warmup_steps` and then decays with the inverse square roo
 the rate changes once per update.
 
 Not in the paper: an optional cooldown lowers the rate linearly towards zero over the last
-`cooldown` updates of a run of `max_updates` (the "decay" of warmup-stable-decay schedules), so
-that a run stopped at its update budget ends annealed. On a model still improving quickly it
+`cooldown` updates of a run of `max_updates`, or over its last `cooldown_minutes` of
+`max_minutes` (the "decay" of warmup-stable-decay schedules), so that a run stopped at its budget
+ends annealed. On a model still improving quickly it
 costs progress: the study model on all of Multi30k, 1,600 updates, ended at validation
 perplexity 10.68 with a 400-update cooldown and 10.19 without (same seed).
 """
@@ -23,10 +24,10 @@ def noam_learning_rate(step: int, d_model: int, warmup: int, factor: float = 1.0
     return factor * d_model**-0.5 * min(step**-0.5, step * warmup**-1.5)
 
 
-def cooldown_factor(step: int, max_updates: int, cooldown: int) -> float:
-    """The multiplier of the rate at update `step`: 1 until the last `cooldown` updates of
-    `max_updates`, then (max_updates + 1 - step) / cooldown, down to 1 / cooldown at the last;
-    always 1 with `cooldown` 0."""
+def cooldown_factor(left: float, cooldown: float) -> float:
+    """The multiplier of the rate with `left` of the budget still to train (updates, this one
+    included, or minutes): 1 until `left` falls under `cooldown`, then left / cooldown (updates:
+    down to 1 / cooldown at the last); always 1 with `cooldown` 0."""
     if cooldown <= 0:
         return 1.0
-    return min(1.0, max(0, max_updates + 1 - step) / cooldown)
+    return min(1.0, max(0.0, left) / cooldown)

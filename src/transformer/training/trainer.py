@@ -124,7 +124,7 @@ class Trainer:
         o = config.optim
         self.optimizer = torch.optim.Adam(
             self.model.parameters(),
-            lr=self.learning_rate(1),
+            lr=self.learning_rate(1, minutes=0.0),  # set again at every update
             betas=(o.beta1, o.beta2),
             eps=o.eps,
             weight_decay=o.weight_decay,
@@ -175,12 +175,18 @@ class Trainer:
         """Whether the last `train()` stopped on SIGINT or SIGTERM (a checkpoint was saved)."""
         return self.stopped_by is not None
 
-    def learning_rate(self, step: int) -> float:
+    def learning_rate(self, step: int, minutes: float | None = None) -> float:
         """The paper's schedule (section 5.3) at optimizer update `step` (1-based), with the
-        optional cooldown before train.max_updates."""
-        o = self.config.optim
+        optional cooldown before train.max_updates, or before train.max_minutes when `minutes`
+        of training are done (default: this run's so far; with several processes, every one
+        calls this at every update, an all-reduce of their clocks)."""
+        o, t = self.config.optim, self.config.train
         rate = noam_learning_rate(step, self.model_config.d_model, o.warmup, o.lr_factor)
-        return rate * cooldown_factor(step, self.config.train.max_updates, o.cooldown)
+        if o.cooldown_minutes:
+            if minutes is None:  # the processes' mean, so that they all take the same rate
+                minutes = self.dist.sum([self.train_seconds])[0] / self.dist.world_size / 60
+            return rate * cooldown_factor(t.max_minutes - minutes, o.cooldown_minutes)
+        return rate * cooldown_factor(t.max_updates + 1 - step, o.cooldown)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The forward pass's context: autocast in bf16/fp16; in fp32 on an AMD CPU, the linear
