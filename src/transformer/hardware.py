@@ -235,9 +235,9 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 
 @functools.cache
 def keep_freed_memory() -> bool:
-    """Have glibc's malloc keep the memory this process frees for its next allocations, as the
-    allocators PyTorch recommends for CPU training (jemalloc, tcmalloc) do; returns whether it
-    applies (False with another C library). Once per process; what it changes lasts as long.
+    """Have glibc's malloc keep the memory this process frees for its next allocations, as
+    jemalloc and tcmalloc (which PyTorch's CPU tuning guide suggests preloading) also do; returns
+    whether it applies (False with another C library). Once per process; it lasts as long.
 
     By default glibc serves every block over 32 MB (the logits of a training batch: 4,092 x 8,000
     bf16 values are 65 MB) with a fresh mapping and unmaps it when freed, and returns the top of
