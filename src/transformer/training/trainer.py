@@ -178,8 +178,8 @@ class Trainer:
     def learning_rate(self, step: int, minutes: float | None = None) -> float:
         """The paper's schedule (section 5.3) at optimizer update `step` (1-based), with the
         optional cooldown before train.max_updates, or before train.max_minutes when `minutes`
-        of training are done (default: this run's so far; with several processes, every one
-        calls this at every update, an all-reduce of their clocks)."""
+        of training are done (default: this run's so far; with several processes, the mean of
+        their clocks: an all-reduce, so every process must ask at the same update)."""
         o, t = self.config.optim, self.config.train
         rate = noam_learning_rate(step, self.model_config.d_model, o.warmup, o.lr_factor)
         if o.cooldown_minutes:
