@@ -47,6 +47,14 @@ from transformer.cli import main
 sys.exit(main())
 """
 
+# The same, and each process writes down the learning rate of every update it makes.
+RECORD_RATES = SLOW_RANK.replace(
+    "    return stats\n",
+    "    with Path(__file__).with_name('rates' + os.environ['RANK']).open('a') as f:\n"
+    "        f.write(repr(self.optimizer.param_groups[0]['lr']) + '\\n')\n"
+    "    return stats\n",
+)
+
 
 def _train_rows(run_dir: Path) -> list[tuple[int, float, float, float]]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -151,3 +159,28 @@ def test_a_signal_to_one_process_stops_both_at_the_same_update_with_a_checkpoint
     last = max(s for s, _ in list_checkpoints(run))
     assert f"at update {last} " in stderr
     assert _train_rows(run)[-1][0] == last
+
+
+def test_a_cooldown_in_minutes_gives_processes_with_unequal_clocks_the_same_rate(
+    small_data: Path, tmp_path: Path
+) -> None:
+    """The rate of a time cooldown follows the processes' mean clock: both take the same rate at
+    every update (their own clocks would give different ones, and different weights), and it
+    falls towards 0 by the end of train.max_minutes."""
+    config = write_config(
+        tmp_path / "c.yaml",
+        micro_config(
+            small_data,
+            optim={"cooldown_minutes": 0.1},  # over the whole run
+            train={"max_updates": 100_000, "max_minutes": 0.1, "save_every": 0},
+        ),
+    )
+    script = tmp_path / "record_rates.py"
+    script.write_text(RECORD_RATES.format(delay=0.03), encoding="utf-8")
+    result = _torchrun([str(script), "train", str(config), "--run-dir", str(tmp_path / "run")], 150)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = ((tmp_path / f"rates{r}").read_text().split() for r in (0, 1))
+    assert rank0 == rank1  # bit for bit
+    rates = [float(r) for r in rank0]
+    assert len(rates) >= 5
+    assert rates[-1] < 0.25 * max(rates)
