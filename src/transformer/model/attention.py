@@ -45,6 +45,11 @@ def causal_mask(t_q: int, t_k: int, device: torch.device | None = None) -> Tenso
     return torch.ones(t_q, t_k, dtype=torch.bool, device=device).tril(diagonal=t_k - t_q)
 
 
+def score_scale(q: Tensor, scale: float | None) -> float:
+    """The factor of the dot products: `scale` when given, else 1/sqrt(d_k) (the paper)."""
+    return 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
+
+
 def reference_attention(
     q: Tensor,
     k: Tensor,
@@ -125,12 +130,10 @@ def written_out_attention(
     if isinstance(positions, RelativePositions):
         rows = positions.indices(offset, t_q, t_k, q.device)  # (Tq, Tk)
     if score_vector is None:
-        if scale is None:
-            scale = 1.0 / math.sqrt(q.size(-1))
         scores = q @ k.transpose(-2, -1)  # (B, H, Tq, Tk)
         if rows is not None:
             scores = scores + positions.key_logits(q, rows)
-        scores = scores * scale
+        scores = scores * score_scale(q, scale)
     else:
         key_term = positions.key_vectors(rows) if rows is not None else None
         scores = additive_scores(q, k, score_vector, key_term)
@@ -185,9 +188,7 @@ def one_query_faster(q: Tensor, mask: Tensor | None) -> bool:
 def one_query_attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None) -> Tensor:
     """softmax(Q K^T * scale) V, unmasked, for inference (`one_query_faster`): the products in
     the inputs' precision, the scaling and the softmax in float32."""
-    if scale is None:
-        scale = 1.0 / math.sqrt(q.size(-1))
-    scores = torch.matmul(q, k.transpose(-2, -1)).float().mul_(scale)  # (B, H, Tq, Tk)
+    scores = torch.matmul(q, k.transpose(-2, -1)).float().mul_(score_scale(q, scale))
     return torch.matmul(scores.softmax(dim=-1).to(v.dtype), v)
 
 

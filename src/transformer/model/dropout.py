@@ -57,7 +57,7 @@ _FOLD_SCALE = (torch.float32, torch.float64)
 
 class _DropoutFunction(torch.autograd.Function):
     """The mask is kept in x's dtype: a product with a bool mask first converts it, which on a
-    CPU cost more than the product (bf16: 8 times as long)."""
+    CPU cost more than the product (bf16: 7 times as long)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, p: float) -> Tensor:

@@ -217,7 +217,7 @@ def parse_config(data: Any, where: str) -> RunConfig:
                 f"optim.cooldown: {optim.cooldown} updates is more than train.max_updates "
                 f"({train.max_updates})"
             )
-        if optim.cooldown_minutes and not 0 < optim.cooldown_minutes <= train.max_minutes:
+        if optim.cooldown_minutes > train.max_minutes:
             problems.append(
                 f"optim.cooldown_minutes: {optim.cooldown_minutes:g} minutes needs a "
                 f"train.max_minutes at least as long (it is {train.max_minutes:g})"
