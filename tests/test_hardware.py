@@ -182,17 +182,18 @@ def test_the_mode_leaves_training_other_dtypes_and_autocast_alone(
 
 @pytest.mark.parametrize("shape", [(7, 32), (3, 5, 32)])
 @pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("outputs", [48, 16])  # dW's two orders of the operands
 def test_training_through_onednn_gives_the_gradients_of_f_linear(
-    shape: tuple[int, ...], bias: bool, monkeypatch: pytest.MonkeyPatch
+    shape: tuple[int, ...], bias: bool, outputs: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With train=True the mode takes calls that need a gradient too: the output and all three
     gradients equal F.linear's to float32 rounding, and the products ran in oneDNN."""
     calls = count_onednn_calls(monkeypatch)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(*shape, generator=g)
-    w = torch.randn(48, 32, generator=g)
-    b = torch.randn(48, generator=g) if bias else None
-    upstream = torch.randn(*shape[:-1], 48, generator=g)
+    w = torch.randn(outputs, 32, generator=g)
+    b = torch.randn(outputs, generator=g) if bias else None
+    upstream = torch.randn(*shape[:-1], outputs, generator=g)
 
     def run(mode: bool) -> tuple[torch.Tensor, ...]:
         leaves = [t.clone().requires_grad_() for t in (x, w, b) if t is not None]
