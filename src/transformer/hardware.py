@@ -22,6 +22,8 @@ import contextlib
 import ctypes
 import functools
 import platform
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -145,6 +147,9 @@ def onednn_fp32_linear(device: torch.device | str) -> bool:
     )
 
 
+_ONEDNN = threading.local()  # depth: how many `OneDNNLinear` this thread is in, like the modes
+
+
 class OneDNNLinear(TorchFunctionMode):
     """Inside it, `F.linear` on float32 CPU tensors runs oneDNN's fp32 matmul (the kernel behind
     PyTorch's own CPU inference compiler) instead of MKL's: calls that need no gradient always,
@@ -155,6 +160,14 @@ class OneDNNLinear(TorchFunctionMode):
     def __init__(self, train: bool = False):
         super().__init__()
         self.train = train
+
+    def __enter__(self):
+        _ONEDNN.depth = getattr(_ONEDNN, "depth", 0) + 1
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        _ONEDNN.depth -= 1
+        return super().__exit__(*exc)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -177,6 +190,13 @@ class OneDNNLinear(TorchFunctionMode):
 def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """x W^T + b by oneDNN's fp32 matmul (no autograd): what `OneDNNLinear` calls."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def current_linear() -> Callable[[Tensor, Tensor, Tensor | None], Tensor]:
+    """The fp32 linear map of the context: `onednn_linear` inside a `OneDNNLinear`, else
+    F.linear; for code that multiplies in its own autograd function, where the mode does not
+    reach (the training loss)."""
+    return onednn_linear if getattr(_ONEDNN, "depth", 0) else F.linear
 
 
 class OneDNNLinearFunction(torch.autograd.Function):

@@ -5,6 +5,7 @@ rule gives each of its outcomes."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 from pathlib import Path
@@ -185,7 +186,7 @@ def test_every_question_row_trains_a_step_with_a_micro_model(small_data):
     from transformer.data.batching import collate
     from transformer.data.dataset import load_split
     from transformer.training.config import parse_config
-    from transformer.training.loss import label_smoothed_nll_loss
+    from transformer.training.objective import sequence_loss
 
     base = parse_config(micro_config(small_data), where="micro")
     data = load_split(small_data, "valid")
@@ -195,7 +196,7 @@ def test_every_question_row_trains_a_step_with_a_micro_model(small_data):
     for r in rows:
         torch.manual_seed(0)
         model = Transformer(r.apply(base).model_config(400))
-        loss, _ = label_smoothed_nll_loss(model(batch.src, batch.tgt_in), batch.tgt_out, 0.1)
+        loss, _ = sequence_loss(model, batch, 0.1, contextlib.nullcontext)
         loss.backward()
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         assert torch.isfinite(loss) and grads and all(torch.isfinite(g).all() for g in grads), r.key

@@ -125,15 +125,15 @@ def test_a_finished_run_says_so(small_data: Path, tmp_path: Path) -> None:
 def test_ten_non_finite_losses_in_a_row_stop_training_with_the_checkpoint_intact(
     small_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = objective_module.label_smoothed_nll_loss
+    real = objective_module.projected_smoothed_loss
     calls = {"n": 0}
 
-    def poisoned(logits, target, epsilon):
+    def poisoned(*args, **kwargs):
         calls["n"] += 1
-        loss, nll = real(logits, target, epsilon)
+        loss, nll = real(*args, **kwargs)
         return (loss * float("nan"), nll) if calls["n"] > 4 else (loss, nll)
 
-    monkeypatch.setattr(objective_module, "label_smoothed_nll_loss", poisoned)
+    monkeypatch.setattr(objective_module, "projected_smoothed_loss", poisoned)
     config = run_config(small_data, train={"max_updates": 50, "save_every": 4})
     messages: list[str] = []
     trainer = Trainer(config, tmp_path, log=messages.append)

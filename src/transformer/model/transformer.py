@@ -206,10 +206,14 @@ class Transformer(nn.Module):
         hidden = self.decoder(tgt_ids, memory, src_mask, cache, record)
         return nn.functional.linear(hidden, self.output_weight)  # (B, T, V)
 
-    def forward(self, src_ids: Tensor, tgt_in_ids: Tensor) -> Tensor:
-        """Teacher-forced logits (B, T, V) for source ids (B, S) and target input ids (B, T)."""
+    def forward(self, src_ids: Tensor, tgt_in_ids: Tensor, project: bool = True) -> Tensor:
+        """Teacher-forced logits (B, T, V) for source ids (B, S) and target input ids (B, T);
+        with `project=False` the decoder's output (B, T, D) instead, which `output_weight`
+        projects onto the vocabulary (the training loss does it block by block)."""
         src_mask = padding_mask(src_ids)
         memory = self.encode(src_ids, src_mask)
+        if not project:
+            return self.decoder(tgt_in_ids, memory, src_mask)
         return self.decode(tgt_in_ids, memory, src_mask)
 
     def attention_weights(self, src_ids: Tensor, tgt_in_ids: Tensor) -> AttentionRecord:

@@ -21,9 +21,10 @@ from torch import Tensor, nn
 from transformer.config import ModelConfig
 from transformer.data.batching import Batch, LabelledBatch, collate, collate_labelled
 from transformer.data.dataset import ParallelDataset
+from transformer.hardware import current_linear
 from transformer.modeldir import CLASSIFICATION, build_model, is_classification
 from transformer.training.errors import TrainingError
-from transformer.training.loss import label_smoothed_nll_loss
+from transformer.training.loss import projected_smoothed_loss
 
 TRANSLATION = "translation"  # any sequence-to-sequence task: translation, parsing, ...
 TASKS = (TRANSLATION, CLASSIFICATION)
@@ -76,9 +77,22 @@ class Seq2SeqObjective:
         self, net: nn.Module, batch: Batch, label_smoothing: float, autocast: Autocast
     ) -> tuple[Tensor, Tensor]:
         """(smoothed loss, NLL), each summed over the batch's target tokens."""
-        with autocast():
-            logits = net(batch.src, batch.tgt_in)  # (B, T, V)
-        return label_smoothed_nll_loss(logits, batch.tgt_out, label_smoothing)
+        return sequence_loss(net, batch, label_smoothing, autocast)
+
+
+def sequence_loss(
+    net: nn.Module, batch: Batch, label_smoothing: float, autocast: Autocast
+) -> tuple[Tensor, Tensor]:
+    """(smoothed loss, NLL) of a Transformer (or its DDP or compiled wrapper) on a batch, each
+    summed over the target tokens; the output projection is part of the loss
+    (`projected_smoothed_loss`), in autocast's precision."""
+    model = getattr(net, "_orig_mod", net)  # torch.compile
+    model = getattr(model, "module", model)  # DistributedDataParallel
+    with autocast():
+        hidden = net(batch.src, batch.tgt_in, project=False)  # (B, T, D)
+        return projected_smoothed_loss(
+            hidden, model.output_weight, batch.tgt_out, label_smoothing, linear=current_linear()
+        )
 
 
 class ClassificationObjective:

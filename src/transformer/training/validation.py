@@ -34,7 +34,7 @@ from transformer.evaluation.classification import classification_scores
 from transformer.model import Transformer, TransformerClassifier
 from transformer.modeldir import is_classification
 from transformer.training.config import RunConfig
-from transformer.training.loss import label_smoothed_nll_loss
+from transformer.training.objective import sequence_loss
 
 # Validation metrics where more is better (the others, losses and perplexity, are better lower).
 HIGHER_IS_BETTER = frozenset({"bleu", "accuracy", "macro_f1"})
@@ -129,9 +129,7 @@ def validate(
     tokens = 0
     for indices in sampler:
         batch = collate([data[i] for i in indices]).to(device)
-        with autocast():
-            logits = model(batch.src, batch.tgt_in)  # (B, T, V)
-        loss, nll = label_smoothed_nll_loss(logits, batch.tgt_out, label_smoothing)
+        loss, nll = sequence_loss(model, batch, label_smoothing, autocast)
         loss_sum += loss.item()
         nll_sum += nll.item()
         tokens += batch.n_tgt_tokens
