@@ -161,6 +161,32 @@ def test_the_mode_sends_fp32_inference_to_onednn(monkeypatch: pytest.MonkeyPatch
     assert torch.equal(got_kw, got)
 
 
+def test_inference_keeps_one_blocked_copy_per_weight_until_it_changes() -> None:
+    """`packed_weight`: oneDNN's reordered copy is made once per weight and version; the mode's
+    products with it equal the plain weight's (to float32 rounding: bit for bit where measured),
+    and follow the weight when it is changed in place or given new storage."""
+    g = torch.Generator().manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(48, 32, generator=g))
+    x = torch.randn(3, 5, 32, generator=g)
+
+    def run() -> torch.Tensor:
+        with torch.no_grad(), hardware.OneDNNLinear():
+            return torch.nn.functional.linear(x, weight)
+
+    first = hardware.packed_weight(weight)
+    assert first.is_mkldnn and hardware.packed_weight(weight) is first  # made once
+    torch.testing.assert_close(run(), hardware.onednn_linear(x, weight.detach(), None))
+    with torch.no_grad():
+        weight.mul_(2.0)  # a new version
+    assert hardware.packed_weight(weight) is not first
+    torch.testing.assert_close(run(), x @ weight.detach().t(), rtol=1e-5, atol=1e-5)
+    weight.data = torch.randn(48, 32, generator=g)  # new storage, same version counter
+    torch.testing.assert_close(run(), x @ weight.detach().t(), rtol=1e-5, atol=1e-5)
+    with torch.inference_mode():
+        plain = torch.randn(48, 32)  # no version counter: used as it is
+    assert hardware.packed_weight(plain) is plain
+
+
 def test_the_mode_leaves_training_other_dtypes_and_autocast_alone(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
