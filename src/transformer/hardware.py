@@ -219,7 +219,10 @@ def packed_weight(weight: Tensor) -> Tensor:
     return entry[1]
 
 
-def current_linear() -> Callable[[Tensor, Tensor, Tensor | None], Tensor]:
+Linear = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]  # (x, W, b) -> x W^T + b
+
+
+def current_linear() -> Linear:
     """The fp32 linear map of the context: `onednn_linear` inside a `OneDNNLinear`, else
     F.linear; for code that multiplies in its own autograd function, where the mode does not
     reach (the training loss)."""

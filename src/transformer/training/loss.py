@@ -20,12 +20,11 @@ float32 copy of bf16 logits) in the backward: on a CPU that cost a third of a bf
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from transformer.hardware import Linear
 from transformer.vocab import PAD_ID
 
 # Rows of logits per block on a CPU: a float32 block of 512 x 8,000 is 16 MB. Measured on an AMD
@@ -33,8 +32,6 @@ from transformer.vocab import PAD_ID
 # 145 ms (fp32) with 512 rows, 89 and 150 with 256, 86 and 145 with 1,024.
 ROWS = 512
 GPU_BLOCK_ELEMENTS = 2**27  # elements per block elsewhere: 512 MB in float32
-
-Linear = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]  # (x, W, b) -> x W^T + b
 
 
 def block_rows(device: torch.device, n: int, v: int) -> int:
