@@ -107,11 +107,15 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(small_data: Path, tmp_path
     assert f"at update {last_step} " in stderr  # the checkpoint is of the update it stopped at
 
 
-@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize(
+    ("task", "model"),
+    [*((task, {}) for task in TASKS), ("translation", {"share_embeddings": False})],
+    ids=[*TASKS, "translation-untied"],  # an output matrix that DDP's forward never uses
+)
 def test_two_process_ddp_equals_one_process_with_the_doubled_batch(
-    task: str, request: pytest.FixtureRequest, tmp_path: Path
+    task: str, model: dict, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    common = {"model": {"dropout": 0.0}, "train": {"max_updates": 4, "save_every": 0}}
+    common = {"model": {"dropout": 0.0, **model}, "train": {"max_updates": 4, "save_every": 0}}
     one = write_config(
         tmp_path / "one.yaml", task_config(request, task, optim={"update_freq": 2}, **common)
     )
