@@ -111,7 +111,9 @@ def test_fp32_inference_uses_onednn_on_amd_cpus_only(
         assert hardware.onednn_fp32_linear("cpu") is expected
         context = hardware.inference_context("cpu", "fp32")
         assert isinstance(context, hardware.OneDNNLinear) is expected
-        assert isinstance(hardware.inference_context("cpu", "bf16"), torch.autocast)
+        with hardware.inference_context("cpu", "bf16"):  # autocast, with oneDNN's packed weights
+            assert torch.is_autocast_enabled("cpu")
+            assert (hardware.current_linear() is hardware.onednn_linear) is expected
         training = hardware.training_context("cpu", "fp32")
         assert isinstance(training, hardware.OneDNNLinear) is expected
         assert not expected or training.train
@@ -161,30 +163,59 @@ def test_the_mode_sends_fp32_inference_to_onednn(monkeypatch: pytest.MonkeyPatch
     assert torch.equal(got_kw, got)
 
 
-def test_inference_keeps_one_blocked_copy_per_weight_until_it_changes() -> None:
-    """`packed_weight`: oneDNN's reordered copy is made once per weight and version; the mode's
-    products with it equal the plain weight's (to float32 rounding: bit for bit where measured),
-    and follow the weight when it is changed in place or given new storage."""
+def test_inference_reorders_each_weight_once_per_context() -> None:
+    """`packed_weight`: within the outermost `OneDNNLinear`, oneDNN's reordered copy of a weight
+    is made once, and again when the weight changes (version or storage); the mode's products
+    with it equal the plain weight's. A weight changed between two contexts without a new version
+    (fused Adam's in-place step) is seen by the next one."""
     g = torch.Generator().manual_seed(0)
     weight = torch.nn.Parameter(torch.randn(48, 32, generator=g))
     x = torch.randn(3, 5, 32, generator=g)
 
-    def run() -> torch.Tensor:
-        with torch.no_grad(), hardware.OneDNNLinear():
-            return torch.nn.functional.linear(x, weight)
+    def product() -> torch.Tensor:
+        return torch.nn.functional.linear(x, weight)
 
-    first = hardware.packed_weight(weight)
-    assert first.is_mkldnn and hardware.packed_weight(weight) is first  # made once
-    torch.testing.assert_close(run(), hardware.onednn_linear(x, weight.detach(), None))
-    with torch.no_grad():
+    def expected() -> torch.Tensor:
+        return x @ weight.detach().t()
+
+    assert hardware.packed_weight(weight) is weight  # outside a context: as it is
+    with torch.no_grad(), hardware.OneDNNLinear():
+        first = hardware.packed_weight(weight)
+        assert first.is_mkldnn and hardware.packed_weight(weight) is first  # made once
+        torch.testing.assert_close(product(), hardware.onednn_linear(x, weight, None))
         weight.mul_(2.0)  # a new version
-    assert hardware.packed_weight(weight) is not first
-    torch.testing.assert_close(run(), x @ weight.detach().t(), rtol=1e-5, atol=1e-5)
-    weight.data = torch.randn(48, 32, generator=g)  # new storage, same version counter
-    torch.testing.assert_close(run(), x @ weight.detach().t(), rtol=1e-5, atol=1e-5)
-    with torch.inference_mode():
-        plain = torch.randn(48, 32)  # no version counter: used as it is
-    assert hardware.packed_weight(plain) is plain
+        assert hardware.packed_weight(weight) is not first
+        torch.testing.assert_close(product(), expected(), rtol=1e-5, atol=1e-5)
+        weight.data = torch.randn(48, 32, generator=g)  # new storage
+        torch.testing.assert_close(product(), expected(), rtol=1e-5, atol=1e-5)
+        with torch.inference_mode():
+            plain = torch.randn(48, 32)  # no version counter: used as it is
+        assert hardware.packed_weight(plain) is plain
+    optimizer = torch.optim.Adam([weight], lr=0.1, fused=True)
+    weight.grad = torch.ones_like(weight)
+    optimizer.step()  # in place (and, in torch 2.13, without a new version)
+    with torch.no_grad(), hardware.OneDNNLinear():
+        torch.testing.assert_close(product(), expected(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("autocast", [True, False])
+def test_bf16_inference_takes_the_packed_weight_with_pytorchs_own_products(
+    autocast: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bf16 weight (a model held in bf16 for decoding) under bf16 autocast, or with a bf16
+    input: the mode multiplies in oneDNN with the weight reordered once, and gives what
+    PyTorch's own bf16 linear map gives (float32 inputs cast to bf16, as autocast casts them)."""
+    calls = count_onednn_calls(monkeypatch)
+    layer = torch.nn.Linear(32, 48).to(torch.bfloat16)
+    x = torch.randn(3, 5, 32)
+    x = x if autocast else x.bfloat16()
+    amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast)
+    with torch.no_grad(), amp:
+        expected = layer(x)
+        with hardware.OneDNNLinear():
+            got = layer(x)
+    assert len(calls) == 1 and got.dtype == expected.dtype == torch.bfloat16
+    torch.testing.assert_close(got, expected, rtol=1e-2, atol=1e-2)  # bit for bit where measured
 
 
 def test_the_mode_leaves_training_other_dtypes_and_autocast_alone(

@@ -148,26 +148,37 @@ def onednn_fp32_linear(device: torch.device | str) -> bool:
     )
 
 
-_ONEDNN = threading.local()  # depth: how many `OneDNNLinear` this thread is in, like the modes
+# Per thread, like the modes: depth, how many `OneDNNLinear` the thread is in; packed, the
+# weights reordered in the outermost one (`packed_weight`).
+_ONEDNN = threading.local()
 
 
 class OneDNNLinear(TorchFunctionMode):
     """Inside it, `F.linear` on float32 CPU tensors runs oneDNN's fp32 matmul (the kernel behind
     PyTorch's own CPU inference compiler) instead of MKL's: calls that need no gradient always,
     and with `train=True` also those that do (`OneDNNLinearFunction`, whose backward multiplies in
-    oneDNN too). Every other call, and every call under CPU autocast, is untouched. Results agree
-    with F.linear to float32 rounding (a different summation order), not bit for bit."""
+    oneDNN too). Results agree with F.linear to float32 rounding (a different summation order),
+    not bit for bit. Calls that need no gradient take the weight reordered once
+    (`packed_weight`), and so do those with a bf16 weight (a model held in bf16 for inference,
+    `autocast_copy`), under CPU autocast or with a bf16 input: the input in bf16, as autocast
+    casts it, and the same products as PyTorch's own bf16 linear map (which is oneDNN's too).
+    Every other call is untouched."""
 
     def __init__(self, train: bool = False):
         super().__init__()
         self.train = train
 
     def __enter__(self):
-        _ONEDNN.depth = getattr(_ONEDNN, "depth", 0) + 1
+        depth = getattr(_ONEDNN, "depth", 0)
+        if depth == 0:
+            _ONEDNN.packed = WeakIdKeyDictionary()
+        _ONEDNN.depth = depth + 1
         return super().__enter__()
 
     def __exit__(self, *exc):
         _ONEDNN.depth -= 1
+        if _ONEDNN.depth == 0:
+            _ONEDNN.packed = None
         return super().__exit__(*exc)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -176,16 +187,35 @@ class OneDNNLinear(TorchFunctionMode):
             x, weight = args[0], args[1]
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
             tensors = (x, weight) if bias is None else (x, weight, bias)
+            on_cpu = x.dim() >= 2 and all(t.device.type == "cpu" for t in tensors)
+            frozen = not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
             if (
-                x.dim() >= 2
+                on_cpu
                 and not torch.is_autocast_enabled("cpu")  # autocast's casts come first
-                and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+                and all(t.dtype == torch.float32 for t in tensors)
             ):
-                if not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
+                if frozen:
                     return onednn_linear(x, packed_weight(weight), bias)
                 if self.train:
                     return OneDNNLinearFunction.apply(x, weight, bias)
+            if on_cpu and frozen and _bf16_inference(x, weight, bias):
+                return onednn_linear(x.to(torch.bfloat16), packed_weight(weight), bias)
         return func(*args, **kwargs)
+
+
+def _bf16_inference(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+    """Whether F.linear(x, weight, bias) multiplies a bf16 weight in bf16: the weight and bias are
+    bf16, and x is too or CPU autocast to bf16 casts it (from float32)."""
+    bf16 = torch.bfloat16
+    if weight.dtype != bf16 or (bias is not None and bias.dtype != bf16):
+        return False
+    if x.dtype == bf16:
+        return True
+    return (
+        x.dtype == torch.float32
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == bf16
+    )
 
 
 def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -193,29 +223,35 @@ def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
-_PACKED = WeakIdKeyDictionary()  # weight -> ((its version, its storage), oneDNN's blocked copy)
-
-
 def packed_weight(weight: Tensor) -> Tensor:
-    """`weight` (out, in) reordered once into oneDNN's own blocked layout, for inference.
+    """`weight` (out, in) reordered into oneDNN's own blocked layout, once per weight within the
+    outermost `OneDNNLinear` context (a batch to translate, say): what the mode multiplies by
+    when no gradient is needed.
 
     Given a plain weight, oneDNN's linear reorders it at every call; decoding calls each linear
     map once per step. Measured on an AMD EPYC (Zen 5), one thread, float32: the output
     projection (8,000 x 256) took 0.17 ms instead of 0.30 for 8 rows, 0.65 instead of 0.80 for
     37, 6.5 instead of 6.9 for 400, with the same products (bit for bit from two rows on; for
     one row plain oneDNN takes another kernel, which the blocked weight does not, so a row alone
-    gets what it gets in a batch). The copy is made again when the weight changes (its version
-    or storage), and lives as long as the weight. A weight without a version counter (made under
-    `torch.inference_mode`) is used as it is.
+    gets what it gets in a batch).
+
+    The copies live only as long as that context: a weight can change between two contexts
+    without a sign (PyTorch's fused Adam updates the parameters in place without bumping their
+    version counter). Within one, a new version or storage is reordered again. Outside any
+    context, and for a weight without a version counter (made under `torch.inference_mode`),
+    the weight is reordered at each call, as oneDNN would.
     """
+    cache = getattr(_ONEDNN, "packed", None)
     try:
         key = (weight._version, weight.data_ptr())
     except RuntimeError:  # an inference tensor
+        cache = None
+    if cache is None:
         return weight
-    entry = _PACKED.get(weight)
+    entry = cache.get(weight)
     if entry is None or entry[0] != key:
         entry = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach()))
-        _PACKED[weight] = entry
+        cache[weight] = entry
     return entry[1]
 
 
@@ -268,7 +304,8 @@ def inference_context(
     device: torch.device | str, precision: str
 ) -> contextlib.AbstractContextManager:
     """The context to run a model for inference in `precision` on `device`: bf16 (or fp16)
-    autocast; for fp32, `OneDNNLinear` where `onednn_fp32_linear(device)`, else nothing."""
+    autocast; for fp32, `OneDNNLinear` where `onednn_fp32_linear(device)`, else nothing; there,
+    bf16 autocast comes with `OneDNNLinear` too (the weights of `autocast_copy`, reordered once)."""
     return _precision_context(device, precision, train=False)
 
 
@@ -284,9 +321,19 @@ def training_context(
 def _precision_context(
     device: torch.device | str, precision: str, train: bool
 ) -> contextlib.AbstractContextManager:
-    if precision == "fp32" and onednn_fp32_linear(device):
+    if not onednn_fp32_linear(device):
+        return autocast(device, precision)
+    if precision == "fp32":
         return OneDNNLinear(train=train)
+    if precision == "bf16" and not train:
+        return _both(autocast(device, precision), OneDNNLinear())
     return autocast(device, precision)
+
+
+@contextlib.contextmanager
+def _both(first: contextlib.AbstractContextManager, second: contextlib.AbstractContextManager):
+    with first, second:
+        yield
 
 
 # mallopt(3) parameters of glibc's malloc.

@@ -3,6 +3,7 @@ damaged checkpoints are skipped, divergence stops cleanly, finished runs say so.
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -211,6 +212,31 @@ def test_fp32_on_an_amd_cpu_multiplies_in_onednn_with_the_same_gradient(
     got, expected = _grads(trainer), _grads(reference)
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("amd", [False, True])
+def test_validation_between_updates_sees_the_weights_of_the_last_update(
+    small_data: Path, amd: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing a validation keeps may outlive the weights it was made from: fused Adam updates
+    them in place without a new version, so after two updates validation (loss and BLEU) must
+    equal that of a fresh copy of the model, with the linear maps in oneDNN (an AMD CPU: their
+    weights reordered for inference) or not."""
+    monkeypatch.setattr(hardware, "onednn_fp32_linear", lambda device: amd)
+    trainer = _no_dropout(small_data)
+    batches = trainer.sampler.all_batches(epoch=0)[:2]
+    groups = [[collate([trainer.train_data[i] for i in b.tolist()])] for b in batches]
+
+    def validation(model: torch.nn.Module) -> dict:
+        return trainer.validator(model, trainer.tokenizer, trainer.device, trainer.autocast)
+
+    first = validation(trainer.model)
+    for group in groups:
+        trainer.train_step(group)
+    got, expected = validation(trainer.model), validation(copy.deepcopy(trainer.model))
+    assert got["loss"] != first["loss"]
+    assert got["loss"] == pytest.approx(expected["loss"], rel=1e-6, abs=0)
+    assert got.get("bleu") == expected.get("bleu")
 
 
 def test_fp16_on_cpu_is_refused_with_a_hint(small_data: Path, tmp_path: Path) -> None:
