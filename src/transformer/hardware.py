@@ -159,10 +159,7 @@ class OneDNNLinear(TorchFunctionMode):
     and with `train=True` also those that do (`OneDNNLinearFunction`, whose backward multiplies in
     oneDNN too). Results agree with F.linear to float32 rounding (a different summation order),
     not bit for bit. Calls that need no gradient take the weight reordered once
-    (`packed_weight`), and so do those with a bf16 weight (a model held in bf16 for inference,
-    `autocast_copy`), under CPU autocast or with a bf16 input: the input in bf16, as autocast
-    casts it, and the same products as PyTorch's own bf16 linear map (which is oneDNN's too).
-    Every other call is untouched."""
+    (`packed_weight`). Every other call, and every call under CPU autocast, is untouched."""
 
     def __init__(self, train: bool = False):
         super().__init__()
@@ -187,35 +184,16 @@ class OneDNNLinear(TorchFunctionMode):
             x, weight = args[0], args[1]
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
             tensors = (x, weight) if bias is None else (x, weight, bias)
-            on_cpu = x.dim() >= 2 and all(t.device.type == "cpu" for t in tensors)
-            frozen = not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
             if (
-                on_cpu
+                x.dim() >= 2
                 and not torch.is_autocast_enabled("cpu")  # autocast's casts come first
-                and all(t.dtype == torch.float32 for t in tensors)
+                and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
             ):
-                if frozen:
+                if not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
                     return onednn_linear(x, packed_weight(weight), bias)
                 if self.train:
                     return OneDNNLinearFunction.apply(x, weight, bias)
-            if on_cpu and frozen and _bf16_inference(x, weight, bias):
-                return onednn_linear(x.to(torch.bfloat16), packed_weight(weight), bias)
         return func(*args, **kwargs)
-
-
-def _bf16_inference(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
-    """Whether F.linear(x, weight, bias) multiplies a bf16 weight in bf16: the weight and bias are
-    bf16, and x is too or CPU autocast to bf16 casts it (from float32)."""
-    bf16 = torch.bfloat16
-    if weight.dtype != bf16 or (bias is not None and bias.dtype != bf16):
-        return False
-    if x.dtype == bf16:
-        return True
-    return (
-        x.dtype == torch.float32
-        and torch.is_autocast_enabled("cpu")
-        and torch.get_autocast_dtype("cpu") == bf16
-    )
 
 
 def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -304,8 +282,7 @@ def inference_context(
     device: torch.device | str, precision: str
 ) -> contextlib.AbstractContextManager:
     """The context to run a model for inference in `precision` on `device`: bf16 (or fp16)
-    autocast; for fp32, `OneDNNLinear` where `onednn_fp32_linear(device)`, else nothing; there,
-    bf16 autocast comes with `OneDNNLinear` too (the weights of `autocast_copy`, reordered once)."""
+    autocast; for fp32, `OneDNNLinear` where `onednn_fp32_linear(device)`, else nothing."""
     return _precision_context(device, precision, train=False)
 
 
@@ -321,19 +298,9 @@ def training_context(
 def _precision_context(
     device: torch.device | str, precision: str, train: bool
 ) -> contextlib.AbstractContextManager:
-    if not onednn_fp32_linear(device):
-        return autocast(device, precision)
-    if precision == "fp32":
+    if precision == "fp32" and onednn_fp32_linear(device):
         return OneDNNLinear(train=train)
-    if precision == "bf16" and not train:
-        return _both(autocast(device, precision), OneDNNLinear())
     return autocast(device, precision)
-
-
-@contextlib.contextmanager
-def _both(first: contextlib.AbstractContextManager, second: contextlib.AbstractContextManager):
-    with first, second:
-        yield
 
 
 # mallopt(3) parameters of glibc's malloc.

@@ -172,10 +172,11 @@ def one_query_faster(q: Tensor, mask: Tensor | None) -> bool:
     There the fused CPU kernel's cost per (row, head) outweighs the work: measured with torch
     2.13 on an AMD EPYC (Zen 5), one thread, 800 rows x 4 heads over 30 cached positions (the
     cache's contiguous keys and values), 8.1 ms in bf16 and 3.6 ms in float32 against 1.6 and
-    2.4 ms written out. Cross-attention stays fused: its keys are padded, and the fused kernel,
-    which sums the same keys in the same order whatever the padding, keeps a sentence's
+    2.4 ms written out. Cross-attention stays fused: its keys are padded, and the fused kernel
+    sums the same keys in the same order whatever the padding while the padded keys are few (the
+    same sums up to 24 keys, not from 32 on, with torch 2.13), which keeps a sentence's
     translation the same in a batch as alone (written out, the product over padded keys rounds
-    differently in bf16).
+    differently in bf16); with more, the padding changes the rounding.
     """
     return (
         q.device.type == "cpu"
