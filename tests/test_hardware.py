@@ -161,41 +161,6 @@ def test_the_mode_sends_fp32_inference_to_onednn(monkeypatch: pytest.MonkeyPatch
     assert torch.equal(got_kw, got)
 
 
-def test_inference_reorders_each_weight_once_per_context() -> None:
-    """`packed_weight`: within the outermost `OneDNNLinear`, oneDNN's reordered copy of a weight
-    is made once, and again when the weight changes (version or storage); the mode's products
-    with it equal the plain weight's. A weight changed between two contexts without a new version
-    (fused Adam's in-place step) is seen by the next one."""
-    g = torch.Generator().manual_seed(0)
-    weight = torch.nn.Parameter(torch.randn(48, 32, generator=g))
-    x = torch.randn(3, 5, 32, generator=g)
-
-    def product() -> torch.Tensor:
-        return torch.nn.functional.linear(x, weight)
-
-    def expected() -> torch.Tensor:
-        return x @ weight.detach().t()
-
-    assert hardware.packed_weight(weight) is weight  # outside a context: as it is
-    with torch.no_grad(), hardware.OneDNNLinear():
-        first = hardware.packed_weight(weight)
-        assert first.is_mkldnn and hardware.packed_weight(weight) is first  # made once
-        torch.testing.assert_close(product(), hardware.onednn_linear(x, weight, None))
-        weight.mul_(2.0)  # a new version
-        assert hardware.packed_weight(weight) is not first
-        torch.testing.assert_close(product(), expected(), rtol=1e-5, atol=1e-5)
-        weight.data = torch.randn(48, 32, generator=g)  # new storage
-        torch.testing.assert_close(product(), expected(), rtol=1e-5, atol=1e-5)
-        with torch.inference_mode():
-            plain = torch.randn(48, 32)  # no version counter: used as it is
-        assert hardware.packed_weight(plain) is plain
-    optimizer = torch.optim.Adam([weight], lr=0.1, fused=True)
-    weight.grad = torch.ones_like(weight)
-    optimizer.step()  # in place (and, in torch 2.13, without a new version)
-    with torch.no_grad(), hardware.OneDNNLinear():
-        torch.testing.assert_close(product(), expected(), rtol=1e-5, atol=1e-5)
-
-
 def test_the_mode_leaves_training_other_dtypes_and_autocast_alone(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

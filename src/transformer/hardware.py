@@ -30,7 +30,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
-from torch.utils.weak import WeakIdKeyDictionary
 
 CPUINFO = Path("/proc/cpuinfo")
 
@@ -148,34 +147,26 @@ def onednn_fp32_linear(device: torch.device | str) -> bool:
     )
 
 
-# Per thread, like the modes: depth, how many `OneDNNLinear` the thread is in; packed, the
-# weights reordered in the outermost one (`packed_weight`).
-_ONEDNN = threading.local()
+_ONEDNN = threading.local()  # depth: how many `OneDNNLinear` this thread is in, like the modes
 
 
 class OneDNNLinear(TorchFunctionMode):
     """Inside it, `F.linear` on float32 CPU tensors runs oneDNN's fp32 matmul (the kernel behind
     PyTorch's own CPU inference compiler) instead of MKL's: calls that need no gradient always,
     and with `train=True` also those that do (`OneDNNLinearFunction`, whose backward multiplies in
-    oneDNN too). Results agree with F.linear to float32 rounding (a different summation order),
-    not bit for bit. Calls that need no gradient take the weight reordered once
-    (`packed_weight`). Every other call, and every call under CPU autocast, is untouched."""
+    oneDNN too). Every other call, and every call under CPU autocast, is untouched. Results agree
+    with F.linear to float32 rounding (a different summation order), not bit for bit."""
 
     def __init__(self, train: bool = False):
         super().__init__()
         self.train = train
 
     def __enter__(self):
-        depth = getattr(_ONEDNN, "depth", 0)
-        if depth == 0:
-            _ONEDNN.packed = WeakIdKeyDictionary()
-        _ONEDNN.depth = depth + 1
+        _ONEDNN.depth = getattr(_ONEDNN, "depth", 0) + 1
         return super().__enter__()
 
     def __exit__(self, *exc):
         _ONEDNN.depth -= 1
-        if _ONEDNN.depth == 0:
-            _ONEDNN.packed = None
         return super().__exit__(*exc)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -190,7 +181,7 @@ class OneDNNLinear(TorchFunctionMode):
                 and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
             ):
                 if not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
-                    return onednn_linear(x, packed_weight(weight), bias)
+                    return onednn_linear(x, weight, bias)
                 if self.train:
                     return OneDNNLinearFunction.apply(x, weight, bias)
         return func(*args, **kwargs)
@@ -199,38 +190,6 @@ class OneDNNLinear(TorchFunctionMode):
 def onednn_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """x W^T + b by oneDNN's fp32 matmul (no autograd): what `OneDNNLinear` calls."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-
-
-def packed_weight(weight: Tensor) -> Tensor:
-    """`weight` (out, in) reordered into oneDNN's own blocked layout, once per weight within the
-    outermost `OneDNNLinear` context (a batch to translate, say): what the mode multiplies by
-    when no gradient is needed.
-
-    Given a plain weight, oneDNN's linear reorders it at every call; decoding calls each linear
-    map once per step. Measured on an AMD EPYC (Zen 5), one thread, float32: the output
-    projection (8,000 x 256) took 0.17 ms instead of 0.30 for 8 rows, 0.65 instead of 0.80 for
-    37, 6.5 instead of 6.9 for 400, with the same products (bit for bit from two rows on; for
-    one row plain oneDNN takes another kernel, which the blocked weight does not, so a row alone
-    gets what it gets in a batch).
-
-    The copies live only as long as that context: a weight can change between two contexts
-    without a sign (PyTorch's fused Adam updates the parameters in place without bumping their
-    version counter). Within one, a new version or storage is reordered again. Outside any
-    context, and for a weight without a version counter (made under `torch.inference_mode`),
-    the weight is reordered at each call, as oneDNN would.
-    """
-    cache = getattr(_ONEDNN, "packed", None)
-    try:
-        key = (weight._version, weight.data_ptr())
-    except RuntimeError:  # an inference tensor
-        cache = None
-    if cache is None:
-        return weight
-    entry = cache.get(weight)
-    if entry is None or entry[0] != key:
-        entry = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach()))
-        cache[weight] = entry
-    return entry[1]
 
 
 Linear = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]  # (x, W, b) -> x W^T + b

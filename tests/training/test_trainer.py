@@ -218,10 +218,10 @@ def test_fp32_on_an_amd_cpu_multiplies_in_onednn_with_the_same_gradient(
 def test_validation_between_updates_sees_the_weights_of_the_last_update(
     small_data: Path, amd: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Nothing a validation keeps may outlive the weights it was made from: fused Adam updates
-    them in place without a new version, so after two updates validation (loss and BLEU) must
-    equal that of a fresh copy of the model, with the linear maps in oneDNN (an AMD CPU: their
-    weights reordered for inference) or not."""
+    """Nothing a validation keeps (the attention's stacked projections, say) may outlive the
+    weights it was made from: fused Adam updates them in place without a new version, so after
+    two updates validation (loss and BLEU) must equal that of a fresh copy of the model, with
+    the linear maps in oneDNN (an AMD CPU) or not."""
     monkeypatch.setattr(hardware, "onednn_fp32_linear", lambda device: amd)
     trainer = _no_dropout(small_data)
     batches = trainer.sampler.all_batches(epoch=0)[:2]
