@@ -202,16 +202,26 @@ def current_linear() -> Linear:
     return onednn_linear if getattr(_ONEDNN, "depth", 0) else F.linear
 
 
+def weight_gradient(linear: Linear, dy: Tensor, x: Tensor) -> Tensor:
+    """dW = dy^T x over the rows of dy (N, out) and x (N, in), with the products of `linear`.
+
+    oneDNN's linear copies a transposed first operand into a contiguous one and takes a
+    transposed second one as it is, so with `onednn_linear` dW is (dy^T) (x^T)^T when dy is the
+    narrower of the two and ((x^T) (dy^T)^T)^T otherwise: the copy is of the narrower one. For
+    the output projection of configs/multi30k.yaml (4,092 rows of 256 inputs, 8,000 outputs) the
+    copy of dy had taken as long as the product. Otherwise torch.mm, which takes transposed
+    operands as they are."""
+    if linear is not onednn_linear:
+        return torch.mm(dy.t(), x)
+    if dy.size(1) <= x.size(1):
+        return onednn_linear(dy.t(), x.t(), None)
+    return onednn_linear(x.t(), dy.t(), None).t()
+
+
 class OneDNNLinearFunction(torch.autograd.Function):
     """F.linear(x, W, b) with its three products in oneDNN: y = x W^T + b forward; backward
-    dx = dy W (W^T made contiguous: a copy of the weight, small next to the product) and
-    dW = dy^T x over all rows, with db the column sums of dy.
-
-    oneDNN's linear copies a transposed first operand into a contiguous one, and takes a
-    transposed second one as it is. dW needs the rows of dy and x transposed, so it is computed
-    as (dy^T) (x^T)^T when dy is the narrower of the two and as ((x^T) (dy^T)^T)^T otherwise: the
-    copy is of the narrower one. For the output projection of configs/multi30k.yaml (4,092 rows
-    of 256 inputs, 8,000 outputs) the copy of dy had taken as long as the product."""
+    dx = dy W (W^T, a transposed second operand, read as it is) and dW = dy^T x over all rows
+    (`weight_gradient`), with db the column sums of dy."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -225,13 +235,9 @@ class OneDNNLinearFunction(torch.autograd.Function):
         grad_x = grad_weight = grad_bias = None
         rows = grad.reshape(-1, grad.size(-1))  # (N, out)
         if ctx.needs_input_grad[0]:
-            grad_x = onednn_linear(grad, weight.t().contiguous(), None)  # (..., in)
+            grad_x = onednn_linear(grad, weight.t(), None)  # (..., in)
         if ctx.needs_input_grad[1]:
-            inputs = x.reshape(-1, x.size(-1))  # (N, in)
-            if rows.size(1) <= inputs.size(1):
-                grad_weight = onednn_linear(rows.t(), inputs.t(), None)
-            else:
-                grad_weight = onednn_linear(inputs.t(), rows.t(), None).t()
+            grad_weight = weight_gradient(onednn_linear, rows, x.reshape(-1, x.size(-1)))
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = rows.sum(0)
         return grad_x, grad_weight, grad_bias

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from transformer.hardware import Linear
+from transformer.hardware import Linear, weight_gradient
 from transformer.vocab import PAD_ID
 
 # Rows of logits per block on a CPU: a float32 block of 512 x 8,000 is 16 MB. Measured on an AMD
@@ -105,10 +105,7 @@ class _ProjectedSmoothedCrossEntropy(torch.autograd.Function):
         zero = lse.new_zeros(())
         if grad is not None:  # d loss / d x = grad W and d loss / d W = grad^T x
             grad_x = linear(grad, w.t(), None)
-            if linear is F.linear:
-                grad_w = torch.mm(grad.t(), x)
-            else:  # oneDNN copies a transposed first operand: make it x^T, the narrow one
-                grad_w = linear(x.t(), grad.t(), None).t()
+            grad_w = weight_gradient(linear, grad, x)
             ctx.save_for_backward(grad_x.to(hidden.dtype), grad_w.to(weight.dtype))
         return torch.where(keep, loss, zero).sum(), torch.where(keep, nll, zero).sum()
 
