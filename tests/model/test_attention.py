@@ -7,12 +7,14 @@ import torch.nn.functional as F
 from tests.conftest import B, D, H, S, T
 from transformer.model import attention
 from transformer.model.attention import (
+    KEY_BLOCK,
     MultiHeadAttention,
     causal_mask,
     fused_attention,
+    inference_attention,
+    inference_faster,
     key_mask,
-    one_query_attention,
-    one_query_faster,
+    pad_keys,
     padding_mask,
     reference_attention,
     written_out_is_faster,
@@ -73,46 +75,90 @@ def test_the_written_out_path_is_taken_only_for_reduced_precision_training_on_cp
         assert not written_out_is_faster(x.bfloat16())
 
 
-def test_one_query_means_unmasked_cpu_inference_with_one_query_per_row_and_head() -> None:
-    x = torch.randn(2, 3, 2, 8)
-    mask = torch.ones(2, 1, 1, 5, dtype=torch.bool)
+def test_inference_writes_attention_out_in_bf16_and_for_few_float32_queries() -> None:
+    x = torch.randn(2, 3, KEY_BLOCK + 1, 8)
     with torch.no_grad():
-        for dtype in (torch.float32, torch.bfloat16):
-            assert one_query_faster(x[:, :, :1].to(dtype), None)
-            assert not one_query_faster(x.to(dtype), None)  # two queries
-            assert not one_query_faster(x[:, :, :1].to(dtype), mask)  # cross-attention
-    assert not one_query_faster(x[:, :, :1].requires_grad_(), None)  # training: never
+        assert inference_faster(x.bfloat16())  # bf16: at any length
+        assert inference_faster(x[:, :, :1])  # float32: a decoding step
+        assert inference_faster(x[:, :, :KEY_BLOCK])
+        assert not inference_faster(x)  # float32, more queries (an encoder): fused
+    assert not inference_faster(x[:, :, :1].bfloat16().requires_grad_())  # training: never
+
+
+def test_pad_keys_pads_values_with_zeros_and_the_mask_with_forbidden_keys() -> None:
+    x = torch.randn(2, 3, 5, 4)  # keys on dim 2
+    allowed = torch.ones(2, 1, 1, 5, dtype=torch.bool)
+    padded, mask = pad_keys(x, allowed, dim=2)
+    assert padded.shape == (2, 3, KEY_BLOCK, 4) and mask.shape == (2, 1, 1, KEY_BLOCK)
+    assert torch.equal(padded[:, :, :5], x) and not padded[:, :, 5:].any()
+    assert mask[..., :5].all() and not mask[..., 5:].any()
+    bias = torch.zeros(2, 1, 1, 5)  # a float mask: the lowest finite value where not allowed
+    _, bias = pad_keys(x, bias, dim=-2)
+    assert torch.all(bias[..., 5:] == torch.finfo(bias.dtype).min)
+    memory = torch.randn(2, 2 * KEY_BLOCK, 4)  # (B, S, D): already a multiple
+    same, same_mask = pad_keys(memory, allowed, dim=1)
+    assert same is memory and same_mask is allowed
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_one_query_attention_equals_the_explicit_formula(dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("masked", [False, True])
+def test_inference_attention_equals_the_explicit_formula(dtype: torch.dtype, masked: bool) -> None:
     """Against the paper's formula in float64; in bf16 about as close as the fused kernel."""
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(3, 4, n, 16, generator=g) for n in (1, 9, 9))
-    allowed = torch.ones(1, 1, 1, 9, dtype=torch.bool)
+    q, k, v = (torch.randn(3, 4, n, 16, generator=g) for n in (4, 9, 9))
+    allowed = torch.ones(3, 1, 1, 9, dtype=torch.bool)
+    if masked:
+        allowed[0, ..., 6:] = False
+        allowed[2, ..., 1:] = False
     expected = explicit_attention(q.double(), k.double(), v.double(), allowed)
     q, k, v = (t.to(dtype) for t in (q, k, v))
-    got = one_query_attention(q, k, v)
+    with torch.no_grad():
+        got = inference_attention(q, k, v, allowed if masked else None)
+        fused = fused_attention(q, k, v, allowed if masked else None)
     assert got.dtype == dtype
     error = (got.double() - expected).abs().max()
-    fused = (fused_attention(q, k, v).double() - expected).abs().max()
-    assert error <= (1e-6 if dtype == torch.float32 else max(2 * fused, 1e-2)), (error, fused)
+    fused_error = (fused.double() - expected).abs().max()
+    bound = 1e-6 if dtype == torch.float32 else max(2 * fused_error.item(), 1e-2)
+    assert error <= bound, (error, fused_error)
 
 
-def test_decoding_on_cpu_takes_the_one_query_path(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("queries", [1, 4, 40])
+def test_a_row_attends_the_same_bit_for_bit_whatever_the_padding(dtype, queries) -> None:
+    """The real keys of one row, padded to several lengths: the same output, bit for bit, in
+    the written-out inference path and in the fused kernel (a sentence alone and in batches)."""
+    g = torch.Generator().manual_seed(1)
+    heads, d = 4, 64
+    with torch.no_grad():
+        for n in (1, 3, 7, 13, 16, 17, 24, 31, 33, 47, 64, 65, 90, 112):
+            q, k, v = (torch.randn(1, heads, t, d, generator=g) for t in (queries, n, n))
+            results = []
+            for length in (n, n + 1, n + 9, n + 40, 2 * n + 30, 256):
+                extra = length - n  # padding: random keys and values, masked
+                k_pad = torch.cat([k, torch.randn(1, heads, extra, d, generator=g)], dim=2)
+                v_pad = torch.cat([v, torch.randn(1, heads, extra, d, generator=g)], dim=2)
+                allowed = torch.arange(length)[None, None, None, :] < n
+                args = (q.to(dtype), k_pad.to(dtype), v_pad.to(dtype), allowed)
+                results.append((inference_attention(*args), fused_attention(*args)))
+            for written, fused in results[1:]:
+                assert torch.equal(written, results[0][0]), (n, "written out")
+                assert torch.equal(fused, results[0][1]), (n, "fused")
+
+
+def test_decoding_on_cpu_takes_the_inference_path(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
-    real = attention.one_query_attention
+    real = attention.inference_attention
     monkeypatch.setattr(
-        attention, "one_query_attention", lambda *a, **k: calls.append(1) or real(*a, **k)
+        attention, "inference_attention", lambda *a, **k: calls.append(1) or real(*a, **k)
     )
     mha = MultiHeadAttention(d_model=16, n_heads=4, d_k=4, d_v=4).eval()
     x = torch.randn(3, 1, 16)
     with torch.no_grad():
         one = mha(x)[0]  # one query per (row, head): written out
-        assert len(calls) == 1
-        mha(torch.randn(3, 7, 16))  # seven (an encoder): fused
         mha(x, torch.randn(3, 5, 16), mask=torch.ones(3, 1, 1, 5, dtype=torch.bool))  # masked
-        assert len(calls) == 1
+        assert len(calls) == 2
+        mha(torch.randn(3, KEY_BLOCK + 1, 16))  # more queries in float32 (an encoder): fused
+        assert len(calls) == 2
         q, k, v = mha.project_qkv(x)
         fused = mha.out_proj(fused_attention(q, k, v).transpose(1, 2).reshape(3, 1, 16))
     torch.testing.assert_close(one, fused)

@@ -31,7 +31,7 @@ from transformer.decoding.search import (
     normalise,
     sample_step,
 )
-from transformer.model import DecoderCache, Transformer, padding_mask
+from transformer.model import DecoderCache, Transformer, pad_keys, padding_mask
 from transformer.vocab import BOS_ID, EOS_ID, PAD_ID
 
 # --------------------------------------------------------------------------------- model state
@@ -44,6 +44,10 @@ class ModelState:
         self.model = model
         self.src_mask = padding_mask(src_ids)  # (R, S)
         self.memory = model.encode(src_ids, self.src_mask)  # (R, S, D)
+        if src_ids.device.type == "cpu":  # padded once to the keys that CPU attention would
+            # pad them to at every step (a multiple of 16, so a sentence's sums are the same in
+            # any batch; `pad_keys`)
+            self.memory, self.src_mask = pad_keys(self.memory, self.src_mask, dim=1)
         self.cache = DecoderCache() if use_cache else None
         self._out = torch.empty(0, device=src_ids.device)  # the log-probabilities' block
 

@@ -3,6 +3,7 @@
 from transformer.model.attention import (
     MultiHeadAttention,
     causal_mask,
+    pad_keys,
     padding_mask,
     reference_attention,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "TransformerClassifier",
     "autocast_copy",
     "causal_mask",
+    "pad_keys",
     "padding_mask",
     "reference_attention",
     "sinusoid_table",

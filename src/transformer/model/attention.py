@@ -35,6 +35,47 @@ def padding_mask(ids: Tensor, pad_id: int = PAD_ID) -> Tensor:
     return ids != pad_id
 
 
+# Inference on a CPU attends over a multiple of this many keys (`pad_keys`).
+KEY_BLOCK = 16
+
+
+def pad_keys(x: Tensor, mask: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    """Keys or values `x` padded with zeros along `dim`, and their mask (keys on its last
+    dimension) with keys that may not be attended to, up to a multiple of `KEY_BLOCK` keys.
+
+    This keeps a sentence's attention the same bit for bit alone and in any padded batch. On a
+    CPU the rounding of a row depends on how many keys there are, not only on the real ones:
+    PyTorch's fused kernel and the products of the written-out path add in vectors of 16 lanes
+    and treat the last, incomplete vector apart, and float32 matrix products (MKL) even give
+    other dot products q.k when the number of keys changes. Alone and among longer sentences,
+    the same sentence therefore rounded differently (in bf16 at beam 4, 11 of the 1,000 test2016
+    translations changed). With every key length a multiple of 16, the real keys take the same
+    lanes and kernels whatever the padding, and masked keys add exact zeros. Measured with
+    torch 2.13 on an AMD EPYC (Zen 5), float32 and bfloat16, 1 to 40 queries, both paths: the
+    same output for 1 to 112 real keys padded to lengths up to 256
+    (tests/model/test_attention.py); with more real keys, a longer padding can change the
+    float32 rounding again (120 real keys padded to 208).
+    """
+    extra = -x.size(dim) % KEY_BLOCK
+    if not extra:
+        return x, mask
+    widths = [0, 0] * (x.dim() - dim % x.dim() - 1) + [0, extra]
+    fill = False if mask.dtype == torch.bool else torch.finfo(mask.dtype).min
+    return F.pad(x, widths), F.pad(mask, (0, extra), value=fill)
+
+
+def _pad_key_axis(
+    k: Tensor, v: Tensor, mask: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(B, H, Tk, d) keys and values and a mask over Tk keys, padded by `pad_keys` (unchanged
+    without a mask, or with one that broadcasts over the keys)."""
+    if mask is None or mask.size(-1) != k.size(-2):
+        return k, v, mask
+    k, _ = pad_keys(k, mask, dim=-2)
+    v, mask = pad_keys(v, mask, dim=-2)
+    return k, v, mask
+
+
 def key_mask(mask: Tensor) -> Tensor:
     """(B, Tk) bool key mask -> (B, 1, 1, Tk), broadcastable over heads and queries."""
     return mask[:, None, None, :]
@@ -154,7 +195,7 @@ def written_out_is_faster(q: Tensor) -> bool:
     backward in bfloat16 / float16 is several times slower than three plain ops (measured with
     torch 2.13 on an AMX CPU: a third of a bf16 training step went to it). So training in reduced
     precision on a CPU writes attention out; everything else (CUDA, float32) is fused. (For
-    inference, see `one_query_faster`.)
+    inference, see `inference_faster`.)
     """
     return (
         q.device.type == "cpu"
@@ -164,32 +205,38 @@ def written_out_is_faster(q: Tensor) -> bool:
     )
 
 
-def one_query_faster(q: Tensor, mask: Tensor | None) -> bool:
-    """Whether `one_query_attention` beats the fused kernel for queries q (B, H, Tq, d_k): CPU
-    inference with one query per (row, head) and no mask, which is a decoder's self-attention
-    at each step of incremental decoding.
+def inference_faster(q: Tensor) -> bool:
+    """Whether `inference_attention` beats the fused kernel for queries q (B, H, Tq, d_k): CPU
+    inference in bf16 / fp16 at any length, and in float32 with at most `KEY_BLOCK` queries per
+    (row, head), which is a decoder at each step of incremental decoding (its self-attention has
+    one query per row and head, its cross-attention one per beam of a source).
 
-    There the fused CPU kernel's cost per (row, head) outweighs the work: measured with torch
-    2.13 on an AMD EPYC (Zen 5), one thread, 800 rows x 4 heads over 30 cached positions (the
-    cache's contiguous keys and values), 8.1 ms in bf16 and 3.6 ms in float32 against 1.6 and
-    2.4 ms written out. Cross-attention stays fused: its keys are padded, and the fused kernel
-    sums the same keys in the same order whatever the padding while the padded keys are few (the
-    same sums up to 24 keys, not from 32 on, with torch 2.13), which keeps a sentence's
-    translation the same in a batch as alone (written out, the product over padded keys rounds
-    differently in bf16); with more, the padding changes the rounding.
+    Measured with torch 2.13 on an AMD EPYC (Zen 5), one thread, fused against written out:
+    - self-attention of a decoding step, 800 rows x 4 heads over 30 cached positions: 8.1 ms in
+      bf16 and 3.6 ms in float32, against 1.6 and 2.4 ms;
+    - cross-attention of a beam-4 step, 64 sources x 4 heads x 4 beams over 32 keys: 0.41 ms in
+      bf16 and 0.25 ms in float32, against 0.17 and 0.22 ms;
+    - an encoder's self-attention, 64 sentences x 4 heads x 32 positions: 1.23 ms in bf16
+      against 0.63 ms, but 1.05 ms in float32 against 1.13 ms (fused from 17 queries on).
     """
     return (
         q.device.type == "cpu"
-        and mask is None
-        and q.size(-2) == 1
         and not (torch.is_grad_enabled() and q.requires_grad)
+        and (q.dtype in (torch.bfloat16, torch.float16) or q.size(-2) <= KEY_BLOCK)
     )
 
 
-def one_query_attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None) -> Tensor:
-    """softmax(Q K^T * scale) V, unmasked, for inference (`one_query_faster`): the products in
-    the inputs' precision, the scaling and the softmax in float32."""
+def inference_attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, scale: float | None = None
+) -> Tensor:
+    """softmax(Q K^T * scale) V for inference (`inference_faster`): the products in the inputs'
+    precision, the scaling, the mask and the softmax in float32. A mask (bool, broadcastable to
+    (B, H, Tq, Tk)) first pads the keys to a multiple of `KEY_BLOCK` (`pad_keys`), so that a
+    sentence gets the same result in any batch."""
+    k, v, mask = _pad_key_axis(k, v, mask)
     scores = torch.matmul(q, k.transpose(-2, -1)).float().mul_(score_scale(q, scale))
+    if mask is not None:
+        scores = scores.masked_fill_(~mask, torch.finfo(scores.dtype).min)
     return torch.matmul(scores.softmax(dim=-1).to(v.dtype), v)
 
 
@@ -213,7 +260,11 @@ def fused_attention(
     is_causal: bool = False,
     scale: float | None = None,
 ) -> Tensor:
-    """`F.scaled_dot_product_attention`, without the cuDNN backend on CUDA."""
+    """`F.scaled_dot_product_attention`, without the cuDNN backend on CUDA. For inference on a
+    CPU, a masked batch attends over a multiple of `KEY_BLOCK` keys (`pad_keys`), which makes
+    a sentence's result the same in any batch."""
+    if q.device.type == "cpu" and not (torch.is_grad_enabled() and q.requires_grad):
+        k, v, attn_mask = _pad_key_axis(k, v, attn_mask)
     backends = sdpa_kernel(CUDA_ATTENTION_BACKENDS) if q.is_cuda else contextlib.nullcontext()
     with backends:
         return F.scaled_dot_product_attention(
@@ -367,8 +418,8 @@ class MultiHeadAttention(nn.Module):
         elif need_weights or written_out_is_faster(q):
             out, weights = reference_attention(q, k, v, mask, is_causal, dropout_p, self.scale)
             weights = weights if need_weights else None
-        elif not is_causal and one_query_faster(q, mask):  # decoding step by step on a CPU
-            out, weights = one_query_attention(q, k, v, scale=self.scale), None
+        elif not is_causal and inference_faster(q):
+            out, weights = inference_attention(q, k, v, mask, scale=self.scale), None
         else:
             out = fused_attention(
                 q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=self.scale

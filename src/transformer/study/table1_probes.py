@@ -230,11 +230,14 @@ def critical_path(key: str, n: int, d: int, sizes: LayerSizes) -> tuple[int, int
 
     oneDNN is off: its LSTM runs all n steps inside one call, which would hide the chain that its
     reference implementation issues step by step (and any parallel hardware must still follow).
+    The pass is a training one (the parameters want gradients): inference on a CPU writes
+    attention out for few queries (`attention.inference_faster`), and the chain would then
+    change with n for a reason that has nothing to do with the layer type.
     """
     with torch.device("cpu"):
         layer = build_layer(key, d, sizes)
         x = torch.randn(1, n, d)
-    with onednn_off(), torch.no_grad():
+    with onednn_off(), torch.enable_grad():
         with CriticalPath() as trace:
             y = layer(x)
         return trace.depth(y), trace.kernels
