@@ -184,3 +184,19 @@ def test_a_cooldown_in_minutes_gives_processes_with_unequal_clocks_the_same_rate
     rates = [float(r) for r in rank0]
     assert len(rates) >= 5
     assert rates[-1] < 0.25 * max(rates)
+
+
+def test_close_distributed_leaves_the_group_and_does_nothing_without_one(tmp_path: Path) -> None:
+    import torch.distributed as dist
+
+    from transformer.training.distributed import close_distributed
+
+    close_distributed()  # no group: nothing to do
+    store = f"file://{tmp_path / 'store'}"
+    dist.init_process_group("gloo", init_method=store, rank=0, world_size=1)
+    try:
+        close_distributed()
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

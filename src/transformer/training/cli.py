@@ -39,12 +39,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
     from transformer.modeldir import ModelDirError  # torch loads only now
+    from transformer.training.distributed import close_distributed
     from transformer.training.trainer import Trainer, TrainingError
 
     try:
         # Every process checks; only the first of torchrun's processes writes.
         prepare_run_dir(config, run_dir, write=int(os.environ.get("RANK", "0")) == 0)
-        return Trainer(config, run_dir).train()
+        code = Trainer(config, run_dir).train()
+        close_distributed()
+        return code
     except (ConfigError, DataError, TrainingError, ModelDirError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

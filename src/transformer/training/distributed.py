@@ -92,3 +92,16 @@ def init_distributed(device_name: str) -> Distributed:
     return Distributed(
         rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=device
     )
+
+
+def close_distributed() -> None:
+    """Leave the process group, if this process joined one, once a run has ended well.
+
+    Without it the group lives until the interpreter shuts down, and gloo's worker threads can
+    then still hold work whose tensors need Python: the process sometimes aborted at exit
+    ("terminate called without an active exception", exit code -6) after a run that had
+    finished and saved everything. Call it only after success, on every process (the trainer
+    ends with a barrier): after a failure another process may still wait in a collective.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
