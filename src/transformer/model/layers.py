@@ -216,8 +216,9 @@ class DecoderLayer(_Layer):
             if cache is None:
                 k, v = self.cross_attn.project_kv(memory)
             else:
-                if cache.cross_k is None:
-                    cache.cross_k, cache.cross_v = self.cross_attn.project_kv(memory)
+                if cache.cross_k is None:  # contiguous once: each step's products read
+                    k, v = self.cross_attn.project_kv(memory)  # them without a copy
+                    cache.cross_k, cache.cross_v = k.contiguous(), v.contiguous()
                 k, v = cache.cross_k, cache.cross_v
             b, heads, t, d_k = q.shape
             group = b // k.size(0)  # target rows per source (beams); see `Decoder.forward`
