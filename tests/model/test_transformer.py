@@ -89,6 +89,8 @@ def test_cross_attention_keys_are_computed_once():
         for t in range(T):
             model.decode(tgt[:, t : t + 1], memory, mask, cache)
     assert len(calls) == 1
+    # kept contiguous, so that each step's products read them without a copy
+    assert all(c.cross_k.is_contiguous() and c.cross_v.is_contiguous() for c in cache.layers)
 
 
 def test_reorder_then_continue_equals_recomputing_reordered_input():
