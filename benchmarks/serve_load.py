@@ -18,7 +18,7 @@ must not change results. With ``--url`` the benchmark measures an already runnin
 Client and server share the machine; run it on a quiet one (the client threads cost little next
 to decoding with a real model)::
 
-    .venv/bin/python benchmarks/serve_load.py --model MODEL_DIR [--requests 200] [--beam 4]
+    .venv/bin/python benchmarks/serve_load.py --model MODEL_DIR [--requests 200] [--beam 4] [--precision bf16]
 
 Results are printed as a Markdown table and written to ``benchmarks/results/serve_load.json``.
 """
@@ -46,6 +46,7 @@ import httpx
 
 from _results import write_result
 from transformer.data.textfiles import read_lines
+from transformer.hardware import INFERENCE_PRECISIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SRC = ROOT / "data" / "multi30k" / "test_2016_flickr.de.gz"
@@ -234,7 +235,7 @@ def run(args: argparse.Namespace) -> dict:
     outputs: dict[str, dict[str, str]] = {}
     statuses = {}
     for mode, extra in modes.items():
-        server = Server(args.model, extra, args.threads)
+        server = Server(args.model, [*extra, "--precision", args.precision], args.threads)
         try:
             mode_rows, outputs[mode] = measure(server.url, mode, sentences, args)
         finally:
@@ -252,6 +253,7 @@ def run(args: argparse.Namespace) -> dict:
     result.update(
         model=str(args.model),
         server_threads=args.threads,
+        precision=args.precision,
         max_wait_ms=args.max_wait_ms,
         max_batch_tokens=args.max_batch_tokens,
         rows=[asdict(r) for r in rows],
@@ -299,6 +301,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--src", default=str(DEFAULT_SRC), help="source sentences (plain or .gz)")
     p.add_argument("--threads", type=int, default=None, help="the server's torch threads")
+    p.add_argument(
+        "--precision", default="fp32", choices=INFERENCE_PRECISIONS, help="the servers' (fp32)"
+    )
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="batching server's wait (5)")
     p.add_argument("--max-batch-tokens", type=int, default=4096, help="batching server's budget")
     p.add_argument("--json", default=str(DEFAULT_JSON), help="where to write the results")
