@@ -15,6 +15,10 @@ detokenization excluded), after one untimed warm-up batch per decoder.
   decodes (over `transformer.model.autocast_copy`, which holds the linear maps in bf16 once
   instead of casting them at every step); "same tokens" says whether every hypothesis equals
   fp32's.
+* ``ours, torch.compile`` (``--compile``; with ``--bf16`` also in bf16): the same with the
+  model's decoder under `torch.compile` (inductor, dynamic shapes) and no oneDNN linear maps of
+  our own (inductor picks its kernels), after one untimed pass over every batch that holds the
+  compilation.
 * ``ours-uncached``: the same loop and the same settings, but every step re-runs the decoder over
   the whole prefix (``use_cache=False``). Its output tokens are checked to equal ``ours``.
 * ``marian``: `transformers.MarianMTModel` with random weights and the same sizes (d_model, heads,
@@ -39,6 +43,7 @@ Results are printed as a Markdown table and written to ``benchmarks/results/deco
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import time
 from collections.abc import Callable
@@ -51,7 +56,7 @@ from torch import Tensor
 from _results import write_result
 from transformer.data.textfiles import read_lines
 from transformer.decoding import DecodeOptions, generate, length_batches, max_output_lengths
-from transformer.hardware import inference_context
+from transformer.hardware import autocast, inference_context
 from transformer.model import Transformer, autocast_copy, padding_mask
 from transformer.modeldir import load_model_dir
 from transformer.vocab import BOS_ID, EOS_ID, PAD_ID
@@ -134,6 +139,14 @@ def marian_like(model: Transformer):
     return MarianMTModel(config).eval()
 
 
+def with_compiled_decoder(model: Transformer) -> Transformer:
+    """A copy of `model` whose decoder runs under `torch.compile` (dynamic shapes: the batch
+    shrinks as sentences finish and the cache grows at every step)."""
+    compiled = copy.deepcopy(model)
+    compiled.decoder = torch.compile(compiled.decoder, dynamic=True)
+    return compiled
+
+
 def bench_method(
     model: Transformer,
     marian,
@@ -143,9 +156,10 @@ def bench_method(
     beam: int,
     uncached: bool,
     bf16: bool = False,
+    compile: bool = False,
 ) -> list[Row]:
-    """Rows for one decoding method: ours, then (optionally) ours in bf16 autocast, ours without
-    cache and Marian."""
+    """Rows for one decoding method: ours, then (optionally) ours in bf16 autocast, ours with
+    a compiled decoder, ours without cache and Marian."""
     settings = DecodeOptions(method=method, beam=beam, alpha=0.6)
     name = "greedy" if method == "greedy" else f"beam {beam}"
 
@@ -186,6 +200,21 @@ def bench_method(
             "ours, bf16 autocast",
             seconds,
             all(torch.equal(a.tokens, b.tokens) for a, b in zip(outs, rounded)),
+        )
+    for precision in ("fp32", "bf16") if compile and bf16 else ("fp32",) if compile else ():
+        net = with_compiled_decoder(models[precision])
+
+        def compiled(batch: Batch, net=net, precision=precision):
+            with autocast("cpu", precision):
+                return generate([net], batch.src, batch.max_len, settings)
+
+        for batch in batches:  # compilation and recompilations, untimed
+            compiled(batch)
+        seconds, outputs = timed(compiled, batches)
+        add(
+            "ours, bf16 autocast, torch.compile" if precision == "bf16" else "ours, torch.compile",
+            seconds,
+            all(torch.equal(a.tokens, b.tokens) for a, b in zip(outs, outputs)),
         )
     if uncached:
         seconds, slow = timed(lambda b: ours(b, use_cache=False), batches)
@@ -229,8 +258,9 @@ def run(args: argparse.Namespace) -> dict:
     rows: list[Row] = []
     for method, beam in (("greedy", 1), ("beam", args.beam)):
         rows += bench_method(
-            model, marian, batches, len(lines), method, beam, not args.skip_uncached, args.bf16
-        )
+            model, marian, batches, len(lines), method, beam, not args.skip_uncached, args.bf16,
+            args.compile,
+        )  # fmt: skip
     hf_version = None
     if marian is not None:
         import transformers
@@ -278,6 +308,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-uncached", action="store_true")
     parser.add_argument(
         "--bf16", action="store_true", help="also ours in bf16 autocast (`--precision bf16`)"
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="also ours with the decoder under torch.compile"
     )
     parser.add_argument("--skip-marian", action="store_true")
     parser.add_argument(
