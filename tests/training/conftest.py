@@ -60,6 +60,7 @@ def write_config(path: Path, config: dict[str, Any]) -> Path:
 def cli_env(threads: int = 1) -> dict[str, str]:
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = str(threads)
+    env["PYTHONFAULTHANDLER"] = "1"  # a crash (e.g. SIGABRT) prints every thread's Python stack
     env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
     return env
 

@@ -39,14 +39,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
     from transformer.modeldir import ModelDirError  # torch loads only now
-    from transformer.training.distributed import close_distributed
+    from transformer.training.distributed import close_distributed, exit_now
     from transformer.training.trainer import Trainer, TrainingError
 
     try:
         # Every process checks; only the first of torchrun's processes writes.
         prepare_run_dir(config, run_dir, write=int(os.environ.get("RANK", "0")) == 0)
         code = Trainer(config, run_dir).train()
-        close_distributed()
+        if close_distributed():  # one of torchrun's processes: see `close_distributed`
+            exit_now(code)
         return code
     except (ConfigError, DataError, TrainingError, ModelDirError) as e:
         print(f"error: {e}", file=sys.stderr)
