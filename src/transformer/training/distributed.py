@@ -105,7 +105,7 @@ def close_distributed() -> bool:
     `destroy_process_group` (and after deleting the DDP module), where without DDP they end. They
     then meet the interpreter's shutdown, and a process that had finished and saved everything
     sometimes aborted there ("terminate called without an active exception", exit code -6:
-    twice in about six runs of the test suite). So `transformer train` under torchrun leaves
+    twice in five runs of the test suite). So `transformer train` under torchrun leaves
     without that shutdown (`exit_now`).
     """
     if not (dist.is_available() and dist.is_initialized()):
