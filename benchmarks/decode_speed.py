@@ -201,7 +201,7 @@ def bench_method(
             seconds,
             all(torch.equal(a.tokens, b.tokens) for a, b in zip(outs, rounded)),
         )
-    for precision in ("fp32", "bf16") if compile and bf16 else ("fp32",) if compile else ():
+    for precision in [p for p, m in models.items() if compile and m is not None]:
         net = with_compiled_decoder(models[precision])
 
         def compiled(batch: Batch, net=net, precision=precision):

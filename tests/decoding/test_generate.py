@@ -68,7 +68,9 @@ def test_batched_equals_one_sentence_at_a_time(
     """A sentence decodes to the same hypotheses alone and in a padded batch, short sources and
     long ones whose padding spans many keys; in bf16 with the same scores to the last bit. (In
     float32 the linear maps themselves round one row differently from several, in MKL and in
-    oneDNN alike, so the scores may differ in their last bits.)"""
+    oneDNN alike, so the scores may differ in their last bits.) The guarantee end to end: this
+    tiny model keeps it even without the key padding, which tests/model/test_attention.py
+    pins down (`test_a_row_attends_the_same_bit_for_bit_whatever_the_padding`)."""
     src, max_len = request.getfixturevalue(inputs)
     settings = DecodeOptions(method=method, beam=beam, nbest=beam)
     with autocast("cpu", precision):

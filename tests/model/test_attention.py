@@ -88,16 +88,17 @@ def test_inference_writes_attention_out_in_bf16_and_for_few_float32_queries() ->
 def test_pad_keys_pads_values_with_zeros_and_the_mask_with_forbidden_keys() -> None:
     x = torch.randn(2, 3, 5, 4)  # keys on dim 2
     allowed = torch.ones(2, 1, 1, 5, dtype=torch.bool)
-    padded, mask = pad_keys(x, allowed, dim=2)
+    mask, padded = pad_keys(allowed, x, dim=2)
     assert padded.shape == (2, 3, KEY_BLOCK, 4) and mask.shape == (2, 1, 1, KEY_BLOCK)
     assert torch.equal(padded[:, :, :5], x) and not padded[:, :, 5:].any()
     assert mask[..., :5].all() and not mask[..., 5:].any()
     bias = torch.zeros(2, 1, 1, 5)  # a float mask: the lowest finite value where not allowed
-    _, bias = pad_keys(x, bias, dim=-2)
+    (bias,) = pad_keys(bias, dim=-2)
     assert torch.all(bias[..., 5:] == torch.finfo(bias.dtype).min)
     memory = torch.randn(2, 2 * KEY_BLOCK, 4)  # (B, S, D): already a multiple
-    same, same_mask = pad_keys(memory, allowed, dim=1)
-    assert same is memory and same_mask is allowed
+    src_mask = torch.ones(2, 2 * KEY_BLOCK, dtype=torch.bool)
+    same_mask, same = pad_keys(src_mask, memory, dim=1)
+    assert same is memory and same_mask is src_mask
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

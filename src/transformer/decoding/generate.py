@@ -47,7 +47,7 @@ class ModelState:
         if src_ids.device.type == "cpu":  # padded once to the keys that CPU attention would
             # pad them to at every step (a multiple of 16, so a sentence's sums are the same in
             # any batch; `pad_keys`)
-            self.memory, self.src_mask = pad_keys(self.memory, self.src_mask, dim=1)
+            self.src_mask, self.memory = pad_keys(self.src_mask, self.memory, dim=1)
         self.cache = DecoderCache() if use_cache else None
         self._out = torch.empty(0, device=src_ids.device)  # the log-probabilities' block
 

@@ -39,9 +39,10 @@ def padding_mask(ids: Tensor, pad_id: int = PAD_ID) -> Tensor:
 KEY_BLOCK = 16
 
 
-def pad_keys(x: Tensor, mask: Tensor, dim: int) -> tuple[Tensor, Tensor]:
-    """Keys or values `x` padded with zeros along `dim`, and their mask (keys on its last
-    dimension) with keys that may not be attended to, up to a multiple of `KEY_BLOCK` keys.
+def pad_keys(mask: Tensor, *tensors: Tensor, dim: int) -> tuple[Tensor, ...]:
+    """(mask, *tensors) up to a multiple of `KEY_BLOCK` keys: the mask (keys on its last
+    dimension) with keys that may not be attended to, the keys or values `tensors` with zeros
+    along `dim`.
 
     This keeps a sentence's attention the same bit for bit alone and in any padded batch. On a
     CPU the rounding of a row depends on how many keys there are, not only on the real ones:
@@ -56,12 +57,14 @@ def pad_keys(x: Tensor, mask: Tensor, dim: int) -> tuple[Tensor, Tensor]:
     (tests/model/test_attention.py); with more real keys, a longer padding can change the
     float32 rounding again (120 real keys padded to 208).
     """
-    extra = -x.size(dim) % KEY_BLOCK
+    extra = -mask.size(-1) % KEY_BLOCK
     if not extra:
-        return x, mask
-    widths = [0, 0] * (x.dim() - dim % x.dim() - 1) + [0, extra]
+        return mask, *tensors
     fill = False if mask.dtype == torch.bool else torch.finfo(mask.dtype).min
-    return F.pad(x, widths), F.pad(mask, (0, extra), value=fill)
+    padded = [F.pad(mask, (0, extra), value=fill)]
+    for x in tensors:
+        padded.append(F.pad(x, [0, 0] * (x.dim() - dim % x.dim() - 1) + [0, extra]))
+    return tuple(padded)
 
 
 def _pad_key_axis(
@@ -71,8 +74,7 @@ def _pad_key_axis(
     without a mask, or with one that broadcasts over the keys)."""
     if mask is None or mask.size(-1) != k.size(-2):
         return k, v, mask
-    k, _ = pad_keys(k, mask, dim=-2)
-    v, mask = pad_keys(v, mask, dim=-2)
+    mask, k, v = pad_keys(mask, k, v, dim=-2)
     return k, v, mask
 
 
@@ -205,6 +207,11 @@ def written_out_is_faster(q: Tensor) -> bool:
     )
 
 
+def cpu_inference(q: Tensor) -> bool:
+    """Whether queries q are a CPU inference's: on a CPU, no gradient wanted."""
+    return q.device.type == "cpu" and not (torch.is_grad_enabled() and q.requires_grad)
+
+
 def inference_faster(q: Tensor) -> bool:
     """Whether `inference_attention` beats the fused kernel for queries q (B, H, Tq, d_k): CPU
     inference in bf16 / fp16 at any length, and in float32 with at most `KEY_BLOCK` queries per
@@ -219,10 +226,8 @@ def inference_faster(q: Tensor) -> bool:
     - an encoder's self-attention, 64 sentences x 4 heads x 32 positions: 1.23 ms in bf16
       against 0.63 ms, but 1.05 ms in float32 against 1.13 ms (fused from 17 queries on).
     """
-    return (
-        q.device.type == "cpu"
-        and not (torch.is_grad_enabled() and q.requires_grad)
-        and (q.dtype in (torch.bfloat16, torch.float16) or q.size(-2) <= KEY_BLOCK)
+    return cpu_inference(q) and (
+        q.dtype in (torch.bfloat16, torch.float16) or q.size(-2) <= KEY_BLOCK
     )
 
 
@@ -263,7 +268,7 @@ def fused_attention(
     """`F.scaled_dot_product_attention`, without the cuDNN backend on CUDA. For inference on a
     CPU, a masked batch attends over a multiple of `KEY_BLOCK` keys (`pad_keys`), which makes
     a sentence's result the same in any batch."""
-    if q.device.type == "cpu" and not (torch.is_grad_enabled() and q.requires_grad):
+    if cpu_inference(q):
         k, v, attn_mask = _pad_key_axis(k, v, attn_mask)
     backends = sdpa_kernel(CUDA_ATTENTION_BACKENDS) if q.is_cuda else contextlib.nullcontext()
     with backends:
