@@ -338,7 +338,9 @@ def evaluate_model(
     model_dir: Path, splits: dict[str, list[tuple[str, int]]], labels: list[str], repeats: int
 ) -> dict[str, Any]:
     """Test-fold scores and inference speed of a model directory, and its validation accuracy."""
-    classifier = Classifier.from_pretrained(model_dir, device="cpu", max_tokens=INFER_MAX_TOKENS)
+    classifier = Classifier.from_pretrained(
+        model_dir, device="cpu", precision="fp32", max_tokens=INFER_MAX_TOKENS
+    )
     if classifier.labels != labels:
         raise RuntimeError(f"{model_dir}: labels {classifier.labels}, expected {labels}")
     valid = splits["valid"]

@@ -54,7 +54,8 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 print(f"BLEU {r['bleu']:.2f}  ({r['bleu_signature']})")
 print(f"chrF {r['chrf']:.2f}  ({r['chrf_signature']})")
-print(f"{r['sentences']} sentences in {r['seconds']:.1f} s: {r['sentences_per_second']:.1f} sentences/s")
+print(f"{r['sentences']} sentences in {r['seconds']:.1f} s: {r['sentences_per_second']:.1f} sentences/s "
+      f"(PyTorch, {r['inference_precision']})")
 PY
 
 step "5/8 translate a few sentences (transformer translate is a Unix filter)"
@@ -95,7 +96,7 @@ print(f"test2016     BLEU {test['bleu']:.2f} (beam 4, alpha 0.6; averaged model)
 print(f"model        {model}  (transformer translate --model {model})")
 ct2 = json.loads((run / "test2016-ct2.json").read_text())
 print(f"int8 engine  BLEU {ct2['bleu']:.2f}, {ct2['sentences_per_second']:.1f} sentences/s "
-      f"(PyTorch fp32: {test['sentences_per_second']:.1f}); model {model}-ct2")
+      f"(PyTorch {test['inference_precision']}: {test['sentences_per_second']:.1f}); model {model}-ct2")
 print(f"curves       {run}/plots/curves.png")
 print(f"attention    {run}/attention/*.png")
 print(f"serve it     {sys.argv[4]}/transformer serve --model {model}   (then open http://127.0.0.1:8000/)")

@@ -14,7 +14,13 @@ import pytest
 import torch
 
 from transformer import hardware
-from transformer.hardware import cpu_bf16_units, cpu_flags, fast_bf16, resolve_precision
+from transformer.hardware import (
+    cpu_bf16_units,
+    cpu_flags,
+    fast_bf16,
+    resolve_inference_precision,
+    resolve_precision,
+)
 
 SAPPHIRE_RAPIDS = """processor	: 0
 vendor_id	: GenuineIntel
@@ -95,6 +101,22 @@ def test_cuda_by_compute_capability(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None, c=capability: c)
         assert fast_bf16(torch.device("cuda", 0))[0] is expected
         assert resolve_precision("auto", "cuda:0")[0] == ("bf16" if expected else "fp32")
+
+
+def test_inference_auto_is_bf16_on_cpus_with_bf16_units_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for text, expected in ((SAPPHIRE_RAPIDS, "bf16"), (ZEN_5, "bf16"), (ICE_LAKE, "fp32")):
+        monkeypatch.setattr(hardware, "CPUINFO", write(tmp_path, text))
+        chosen, why = resolve_inference_precision("auto", "cpu")
+        assert chosen == expected and why.startswith("auto: the CPU has")
+    # On a GPU decoding in bf16 measured slower than fp32: auto keeps fp32 whatever it has.
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (9, 0))
+    assert resolve_inference_precision("auto", "cuda:0")[0] == "fp32"
+    for precision in ("fp32", "bf16"):
+        assert resolve_inference_precision(precision, "cpu") == (precision, "as asked")
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16"):
+        resolve_inference_precision("fp16", "cpu")
 
 
 def test_vendor_from_the_cpuinfo(tmp_path: Path) -> None:

@@ -27,7 +27,12 @@ from torch import Tensor
 from transformer.data.tokenizer import SubwordTokenizer
 from transformer.decoding.batching import length_batches
 from transformer.decoding.engine import pad_ids
-from transformer.hardware import AUTOCAST_DTYPES, INFERENCE_PRECISIONS, inference_context
+from transformer.hardware import (
+    AUTOCAST_DTYPES,
+    DEFAULT_INFERENCE_PRECISION,
+    inference_context,
+    resolve_inference_precision,
+)
 from transformer.model import AttentionRecord, TransformerClassifier, autocast_copy
 from transformer.modeldir import load_classifier_dir
 from transformer.vocab import BOS, EOS, EOS_ID
@@ -68,13 +73,10 @@ class Classifier:
         tokenizer: SubwordTokenizer,
         labels: Sequence[str],
         device: torch.device | str = "cpu",
-        precision: str = "fp32",
+        precision: str = DEFAULT_INFERENCE_PRECISION,
         max_tokens: int = 8192,
     ) -> None:
-        if precision not in INFERENCE_PRECISIONS:
-            raise ValueError(
-                f"precision must be one of {', '.join(INFERENCE_PRECISIONS)}, got {precision!r}"
-            )
+        precision, self.precision_reason = resolve_inference_precision(precision, device)
         if len(labels) != model.n_classes:
             raise ValueError(f"{len(labels)} labels for a model of {model.n_classes} classes")
         # Under bf16 autocast, a copy holding its linear maps in bf16 once (the same results).
@@ -90,7 +92,7 @@ class Classifier:
         cls,
         model_dir: Path | str,
         device: torch.device | str = "cpu",
-        precision: str = "fp32",
+        precision: str = DEFAULT_INFERENCE_PRECISION,
         max_tokens: int = 8192,
     ) -> Classifier:
         """Load a classifier's model directory (a checkpoint, `best/` or an averaged model).

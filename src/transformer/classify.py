@@ -59,11 +59,13 @@ def load_classifier(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from transformer.data.errors import DataError
     from transformer.data.textfiles import open_binary
-    from transformer.decoding.cli import run_filter
+    from transformer.decoding.cli import EXACT_HINT, precision_note, run_filter
     from transformer.modeldir import ModelDirError
 
     try:
         classifier = load_classifier(args)
+        if note := precision_note(classifier):
+            print(f"{PROG}: precision {note}; {EXACT_HINT}", file=sys.stderr)
         if not 1 <= args.top_k <= len(classifier.labels):
             raise DataError(
                 f"--top-k must be in [1, {len(classifier.labels)}] (the model's classes), "

@@ -64,7 +64,7 @@ from transformer.decoding.engine import (
 )
 from transformer.decoding.generate import Generated
 from transformer.decoding.options import DecodeOptions
-from transformer.hardware import inference_context
+from transformer.hardware import DEFAULT_INFERENCE_PRECISION, inference_context
 from transformer.model import Transformer
 from transformer.modeldir import TASK_FILE, ModelDirError, load_model_dir, load_task
 from transformer.vocab import BOS_ID, EOS_ID, PAD_ID
@@ -138,7 +138,7 @@ class Translator:
         tokenizer: SubwordTokenizer,
         device: torch.device | str = "cpu",
         task: dict[str, Any] | None = None,
-        precision: str = "fp32",
+        precision: str = DEFAULT_INFERENCE_PRECISION,
     ):
         if not models:
             raise ValueError("a Translator needs at least one model")
@@ -196,15 +196,17 @@ class Translator:
         model_dir: Path | str | Sequence[Path | str],
         device: torch.device | str = "cpu",
         engine: str = "torch",
-        precision: str = "fp32",
+        precision: str = DEFAULT_INFERENCE_PRECISION,
     ) -> Translator:
         """Load a model directory, or several as an ensemble (they must share the tokenizer).
 
         engine "torch" loads model directories; "ctranslate2" loads one directory written by
         `transformer export --format ctranslate2` (CTranslate2 uses torch.get_num_threads()
-        threads). precision (torch engine): "fp32" (exact) or "bf16" autocast (faster on a CPU
-        with AMX-bf16 or AVX512-BF16 or a recent GPU; translations may differ slightly). Raises
-        ModelDirError with a clear message for a missing or corrupt file, a tokenizer that does
+        threads). precision (torch engine): "auto" (default: bf16 on a CPU with AMX-bf16 or
+        AVX512-BF16, where it is faster, else fp32; `hardware.resolve_inference_precision`),
+        "fp32" (exact) or "bf16" autocast (translations may differ slightly from fp32's; the
+        Translator says which it runs in `engine.precision`). Raises ModelDirError with a
+        clear message for a missing or corrupt file, a tokenizer that does
         not match the model's vocabulary, or a directory that was not exported for the engine;
         ConfigError for an unknown engine or an ensemble it cannot run.
         """
@@ -216,7 +218,7 @@ class Translator:
                 "engine", [f"engine: must be one of {', '.join(ENGINES)}, got {engine!r}"]
             )
         if engine == "ctranslate2":
-            if precision != "fp32":
+            if precision not in ("fp32", "auto"):
                 raise ConfigError(
                     "precision",
                     [

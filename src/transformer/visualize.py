@@ -586,7 +586,9 @@ def _run_classifier(args: argparse.Namespace, fail) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    classifier = Classifier.from_pretrained(args.model[0], device=args.device)
+    classifier = Classifier.from_pretrained(
+        args.model[0], device=args.device, precision=args.precision
+    )
     try:
         done = visualize_classifier(
             classifier, args.text, args.out, n_positions=args.positions, dpi=args.dpi

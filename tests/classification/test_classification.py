@@ -137,6 +137,7 @@ def test_evaluate_a_classifier(trained_classifier: Path, labelled_data: Path, tm
     assert report["task"] == "classification" and report["count"] == report["texts"] == n
     assert report["accuracy"] == 1.0 and report["confusion_png"] == str(png)
     assert sum(map(sum, report["confusion"])) == n
+    assert report["inference_precision"] in ("fp32", "bf16")
     wrong = tmp_path / "labels.txt"
     wrong.write_text("red\nmauve\n" + "none\n" * (n - 2), encoding="utf-8")
     bad = run_cli(*args[:5], "--ref", str(wrong), check=False)

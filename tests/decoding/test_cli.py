@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import sacrebleu
 
-from transformer import Translator
+from transformer import Translator, hardware
 from transformer.cli import main
 from transformer.modeldir import save_model_dir
 
@@ -108,6 +108,34 @@ def test_evaluate_prints_sacrebleu_signatures_and_speed(copy_model_dir, tmp_path
     assert report["bleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
     assert report["sentences"] == len(SRC)
     assert report["target_tokens"] > 0 and report["sentences_per_second"] > 0
+
+
+@pytest.mark.parametrize("units", ["AVX512-BF16", None])
+def test_auto_precision_is_stated_and_fp32_stays_exact(
+    copy_model_dir, tmp_path, capsys, monkeypatch, units
+):
+    """--precision auto (the default) takes bf16 where the CPU has bf16 units and says so on
+    stderr; --precision fp32 says nothing and translates as the fp32 Translator does."""
+    monkeypatch.setattr(hardware, "cpu_bf16_units", lambda cpuinfo=None: units)
+    chosen = "bf16" if units else "fp32"
+    src = write(tmp_path / "in.txt", SRC)
+    args = ["--model", str(copy_model_dir), "--input", str(src)]
+    assert main(["translate", *args]) == 0
+    err = capsys.readouterr().err
+    assert f"transformer translate: precision {chosen} (auto: the CPU has " in err
+    assert "--precision fp32 for exact float32" in err
+    assert main(["translate", *args, "--precision", "fp32"]) == 0
+    out, err = capsys.readouterr()
+    assert "precision" not in err
+    assert out.splitlines() == Translator.from_pretrained(
+        copy_model_dir, precision="fp32"
+    ).translate(SRC)
+    ref = write(tmp_path / "ref.txt", SRC)
+    evaluate = ["evaluate", "--model", str(copy_model_dir), "--src", str(src), "--ref", str(ref)]
+    assert main([*evaluate, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["inference_precision"] == chosen
+    assert main(evaluate) == 0
+    assert f"{chosen} (auto: the CPU has " in capsys.readouterr().out
 
 
 def test_evaluate_refuses_files_of_different_lengths(copy_model_dir, tmp_path, capsys):

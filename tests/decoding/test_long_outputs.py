@@ -39,7 +39,7 @@ def _one_thread():
 def translator(copy_tokenizer) -> Translator:
     torch.manual_seed(1)
     model = Transformer(tiny_config(vocab_size=copy_tokenizer.vocab_size)).eval()
-    return Translator([model], copy_tokenizer)
+    return Translator([model], copy_tokenizer, precision="fp32")
 
 
 class Recorder:

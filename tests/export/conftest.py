@@ -59,8 +59,9 @@ def ct2_int8_dir(copy_model_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def torch_translator(copy_model_dir) -> Translator:
-    """The PyTorch engine on the copy model: the reference the CTranslate2 engine must match."""
-    return Translator.from_pretrained(copy_model_dir)
+    """The PyTorch engine on the copy model, in fp32: the reference the CTranslate2 engine must
+    match."""
+    return Translator.from_pretrained(copy_model_dir, precision="fp32")
 
 
 @pytest.fixture(scope="session")

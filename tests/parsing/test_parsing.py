@@ -109,6 +109,13 @@ def test_a_tiny_parser_learns_the_grammar_and_evaluate_reports_bracket_f1(
     # The baseline is far below: right-branching trees get some spans but few labels.
     assert report["right_branching"]["f1"] < 50.0 < report["right_branching"]["unlabeled_f1"]
     assert report["unlabeled_f1"] >= report["f1"]
+    # "precision" is the brackets'; the decoding's has its own name.
+    assert isinstance(report["precision"], float) and report["inference_precision"] in (
+        "fp32",
+        "bf16",
+    )
+    assert main([*argv[:-1], "--threads", "1"]) == 0
+    assert f"precision {report['precision']:.2f}, recall" in capsys.readouterr().out
 
 
 def test_explicit_options_replace_the_parsers_defaults(

@@ -39,6 +39,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# The precision of the test servers and of the in-process references they are compared with:
+# exact float32 (the default, "auto", is bf16 on a CPU with bf16 units; tests/decoding covers it).
+PRECISION = "fp32"
+
+
 class ServerProcess:
     """One `transformer serve` subprocess; `url` is its base address."""
 
@@ -58,6 +63,8 @@ class ServerProcess:
             str(self.port),
             "--threads",
             "1",
+            "--precision",
+            PRECISION,
             *extra_args,
         ]
         self._log = open(log_path, "wb")  # noqa: SIM115  (closed in stop)

@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 from tests.optional import require, require_executable
 from tests.serve.conftest import (
     CLASSIFIER_LABELS,
+    PRECISION,
     ServerProcess,
     docs_screenshot,
     post,
@@ -47,7 +48,7 @@ MANY = [f"{TEXTS[i % 4]} {' '.join(['and more news'] * (i % 5))}".strip() for i 
 
 @pytest.fixture(scope="module")
 def classifier(classifier_dir: Path) -> Classifier:
-    return Classifier.from_pretrained(classifier_dir)
+    return Classifier.from_pretrained(classifier_dir, precision=PRECISION)
 
 
 @pytest.fixture(scope="module")
@@ -352,7 +353,7 @@ def test_a_classifier_loaded_in_the_background(classifier_dir: Path) -> None:
 
     def load() -> Classifier:
         assert may_load.wait(30)
-        return Classifier.from_pretrained(classifier_dir)
+        return Classifier.from_pretrained(classifier_dir, precision=PRECISION)
 
     with TestClient(create_app(load)) as client:
         assert client.get("/health").status_code == 503

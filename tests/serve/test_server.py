@@ -16,7 +16,7 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.copy_model import MULTI30K
-from tests.serve.conftest import ServerProcess, post
+from tests.serve.conftest import PRECISION, ServerProcess, post
 from transformer import Translator
 from transformer.decoding.options import api_fields
 from transformer.decoding.search import LENGTH_PENALTIES
@@ -32,7 +32,7 @@ SENTENCES = [
 
 @pytest.fixture(scope="module")
 def translator(copy_model_dir: Path) -> Translator:
-    return Translator.from_pretrained(copy_model_dir)
+    return Translator.from_pretrained(copy_model_dir, precision=PRECISION)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import torch
 
-from tests.serve.conftest import ServerProcess, free_port
+from tests.serve.conftest import PRECISION, ServerProcess, free_port
 from transformer import Translator
 from transformer.translator import Translation
 
@@ -40,7 +40,9 @@ def expected_translations(model_dir: Path) -> list[Translation]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return Translator.from_pretrained(model_dir).translate_nbest(SLOW_TEXTS, **SLOW_OPTIONS)
+        return Translator.from_pretrained(model_dir, precision=PRECISION).translate_nbest(
+            SLOW_TEXTS, **SLOW_OPTIONS
+        )
     finally:
         torch.set_num_threads(threads)
 

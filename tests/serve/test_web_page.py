@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.optional import require, require_executable
-from tests.serve.conftest import ServerProcess, ready_page
+from tests.serve.conftest import PRECISION, ServerProcess, ready_page
 from transformer import Translator
 
 # Skipped without them, failed in strict mode (CI): `make test` installs both.
@@ -30,7 +30,7 @@ def test_translate_and_see_the_attention(
     server: ServerProcess, copy_model_dir: Path, tmp_path: Path
 ) -> None:
     text = "Zwei Männer spielen Fußball."
-    expected = Translator.from_pretrained(copy_model_dir).translate([text])[0]
+    expected = Translator.from_pretrained(copy_model_dir, precision=PRECISION).translate([text])[0]
 
     with ready_page(CHROMIUM, sync_api, server.url) as page:
         page.fill("#source", text)

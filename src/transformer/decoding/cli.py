@@ -23,7 +23,7 @@ from typing import Any, BinaryIO, TextIO
 
 from transformer.config import ConfigError
 from transformer.decoding.options import DecodeOptions, add_option_flags, options_from_flags
-from transformer.hardware import INFERENCE_PRECISIONS
+from transformer.hardware import DEFAULT_INFERENCE_PRECISION, INFERENCE_PRECISIONS
 
 # ------------------------------------------------------------------ options shared with evaluate
 
@@ -56,9 +56,10 @@ def add_device_arguments(group: argparse._ActionsContainer) -> None:
     group.add_argument(
         "--precision",
         choices=INFERENCE_PRECISIONS,
-        default="fp32",
-        help="fp32 (default, exact) or bf16 autocast: faster on a CPU with AMX-bf16 or "
-        "AVX512-BF16 and on recent GPUs, outputs may differ slightly (torch engine)",
+        default=DEFAULT_INFERENCE_PRECISION,
+        help="auto (default): bf16 on a CPU with AMX-bf16 or AVX512-BF16, where it is faster, "
+        "else fp32; fp32: exact; bf16: autocast, outputs may differ slightly from fp32's "
+        "(torch engine)",
     )
 
 
@@ -100,6 +101,20 @@ def load_translator(args: argparse.Namespace):
     )
 
 
+EXACT_HINT = "--precision fp32 for exact float32"
+
+
+def precision_note(facade: Any) -> str | None:
+    """The precision `--precision auto` chose for a loaded Translator or Classifier, and why
+    ("bf16 (auto: the CPU has AVX512-BF16)"), for the log; None when the precision was given or
+    the engine is not torch's."""
+    engine = getattr(facade, "engine", facade)
+    reason = getattr(engine, "precision_reason", "")
+    if not reason.startswith("auto"):
+        return None
+    return f"{engine.precision} ({reason})"
+
+
 def one_line(text: str) -> str:
     """A hypothesis on one output line (a generated line break would split it in two)."""
     return text.replace("\r", " ").replace("\n", " ")
@@ -132,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         options = decode_options(args)  # bad options are reported before loading anything
         translator = load_translator(args)
+        if note := precision_note(translator):
+            print(f"transformer translate: precision {note}; {EXACT_HINT}", file=sys.stderr)
         nbest = translator.options(**options).nbest
         source: BinaryIO = sys.stdin.buffer if args.input == "-" else open_binary(Path(args.input))
     except (ConfigError, ModelDirError, DataError) as e:

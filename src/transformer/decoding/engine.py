@@ -24,7 +24,7 @@ from torch import Tensor
 from transformer.decoding.batching import length_batches
 from transformer.decoding.generate import Generated, generate, max_output_lengths
 from transformer.decoding.options import DecodeOptions
-from transformer.hardware import AUTOCAST_DTYPES, INFERENCE_PRECISIONS, inference_context
+from transformer.hardware import AUTOCAST_DTYPES, inference_context, resolve_inference_precision
 from transformer.model import Transformer, autocast_copy
 from transformer.vocab import EOS_ID, PAD_ID
 
@@ -103,14 +103,11 @@ class TorchEngine:
     ):
         if not models:
             raise ValueError("a TorchEngine needs at least one model")
-        if precision not in INFERENCE_PRECISIONS:
-            raise ValueError(
-                f"precision must be one of {', '.join(INFERENCE_PRECISIONS)}, got {precision!r}"
-            )
         self.device = torch.device(device)
-        self.precision = precision  # fp32: exact; bf16 autocast: faster with AMX or AVX512-BF16
+        # fp32: exact; bf16 autocast: faster with AMX or AVX512-BF16; "auto" chooses.
+        self.precision, self.precision_reason = resolve_inference_precision(precision, device)
         # Under autocast, copies holding their linear maps in bf16 once (the same results).
-        self.models = [autocast_copy(m, AUTOCAST_DTYPES.get(precision)) for m in models]
+        self.models = [autocast_copy(m, AUTOCAST_DTYPES.get(self.precision)) for m in models]
         self.vocab_size = models[0].config.vocab_size
         limits = [m.config.max_positions for m in models if m.config.positional == "learned"]
         self.max_positions: int | None = min(limits) if limits else None

@@ -33,6 +33,7 @@ from transformer.decoding.cli import (
     decode_options,
     load_translator,
     one_line,
+    precision_note,
 )
 from transformer.decoding.options import cli_fields
 
@@ -113,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
             "target_tokens_per_second": round(tokens / seconds, 2) if seconds > 0 else None,
             "models": [str(m) for m in args.model],
             "engine": args.engine,
-            "precision": args.precision,
+            # Not "precision": a parser's report has its bracket precision under that name.
+            "inference_precision": getattr(translator.engine, "precision", args.precision),
             "decoding": {f.name: getattr(resolved, f.name) for f in cli_fields()},
         }
     )
@@ -129,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
         if resolved.method == "beam"
         else resolved.method
     )
+    if args.engine == "torch":
+        how += f", {precision_note(translator) or report['inference_precision']}"
     print(
         f"decoding ({how}, engine {args.engine}): {len(src)} sentences in {seconds:.2f} s, "
         f"{report['sentences_per_second']} sentences/s, "
@@ -278,7 +282,7 @@ def _run_classification(args: argparse.Namespace) -> int:
         "seconds": round(seconds, 4),
         "texts_per_second": round(len(texts) / seconds, 2) if seconds > 0 else None,
         "models": [str(m) for m in args.model],
-        "precision": args.precision,
+        "inference_precision": classifier.precision,  # named as in a translation's report
         "confusion_png": str(plot),
     }
     if args.json:
@@ -287,7 +291,8 @@ def _run_classification(args: argparse.Namespace) -> int:
     print(format_report(scores, title=f"{args.ref} ({len(texts)} texts)"))
     print(f"confusion matrix drawn to {plot}")
     print(
-        f"classifying ({args.precision}, {args.device}): {len(texts)} texts in {seconds:.2f} s, "
+        f"classifying ({precision_note(classifier) or classifier.precision}, {args.device}): "
+        f"{len(texts)} texts in {seconds:.2f} s, "
         f"{report['texts_per_second']} texts/s"
     )
     return 0

@@ -95,6 +95,7 @@ def load_model(args: argparse.Namespace):
     ConfigError for options the chosen facade cannot honour."""
     import torch
 
+    from transformer.decoding.cli import EXACT_HINT, precision_note
     from transformer.modeldir import is_classification, load_task
 
     if args.threads:
@@ -112,14 +113,18 @@ def load_model(args: argparse.Namespace):
             problems.append("--engine: a classification model runs on the torch engine only")
         if problems:
             raise ConfigError("serve options", problems)
-        return Classifier.from_pretrained(
+        model = Classifier.from_pretrained(
             args.model[0], device=args.device, precision=args.precision
         )
-    from transformer.translator import Translator
+    else:
+        from transformer.translator import Translator
 
-    return Translator.from_pretrained(
-        args.model, device=args.device, engine=args.engine, precision=args.precision
-    )
+        model = Translator.from_pretrained(
+            args.model, device=args.device, engine=args.engine, precision=args.precision
+        )
+    if note := precision_note(model):
+        logging.getLogger("transformer.serve").info("precision %s; %s", note, EXACT_HINT)
+    return model
 
 
 def settings_from_args(args: argparse.Namespace):

@@ -203,7 +203,7 @@ def load_translator(model: str, device: str = "cpu", threads: int | None = None)
 
     if threads:
         torch.set_num_threads(threads)
-    return Translator.from_pretrained(model, device=device)
+    return Translator.from_pretrained(model, device=device, precision="fp32")  # exact weights
 
 
 # ----------------------------------------------------------------------------------- the study

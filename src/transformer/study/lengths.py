@@ -269,7 +269,7 @@ def translate_inputs(
             return list(kept["hypotheses"]), list(kept["truncated"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    translator = Translator.from_pretrained(model_dir, device=device)
+    translator = Translator.from_pretrained(model_dir, device=device, precision="fp32")
     started = time.perf_counter()
     done, last = 0, started
 
