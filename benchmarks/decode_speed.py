@@ -26,7 +26,9 @@ detokenization excluded), after one untimed warm-up batch per decoder.
   with its own KV cache. A random model would not stop where ours does, so each batch is forced
   to the length of our longest hypothesis in that batch (``min_new_tokens = max_new_tokens``).
   Hugging Face keeps every sentence of a batch until the batch ends, which is part of what is
-  compared.
+  compared. With ``--bf16`` Marian also runs in bf16, to compare like with like: under bf16
+  autocast, as ours does, and with its weights in bf16 (`model.to(torch.bfloat16)`, the usual
+  way to run a Hugging Face model in bf16).
 
 Throughput: sentences/s and target tokens/s, where target tokens are the tokens of our best
 hypotheses (EOS included) — the same count for every decoder, so the ratios of the two agree.
@@ -229,21 +231,28 @@ def bench_method(
         extra = {"length_penalty": 0.6} if beam > 1 else {}
 
         @torch.inference_mode()
-        def hf(batch: Batch) -> Tensor:
+        def hf(batch: Batch, net=marian, precision: str = "fp32") -> Tensor:
             n = lengths[id(batch)]
-            return marian.generate(
-                input_ids=batch.src,
-                attention_mask=padding_mask(batch.src).long(),
-                num_beams=beam,
-                do_sample=False,
-                max_new_tokens=n,
-                min_new_tokens=n,
-                use_cache=True,
-                **extra,
-            )
+            with autocast("cpu", precision):
+                return net.generate(
+                    input_ids=batch.src,
+                    attention_mask=padding_mask(batch.src).long(),
+                    num_beams=beam,
+                    do_sample=False,
+                    max_new_tokens=n,
+                    min_new_tokens=n,
+                    use_cache=True,
+                    **extra,
+                )
 
         seconds, _ = timed(hf, batches)
         add("Hugging Face Marian", seconds, None)
+        if bf16:  # like for like with ours in bf16: autocast, and the weights in bf16
+            seconds, _ = timed(lambda b: hf(b, precision="bf16"), batches)
+            add("Hugging Face Marian, bf16 autocast", seconds, None)
+            weights = copy.deepcopy(marian).to(torch.bfloat16)
+            seconds, _ = timed(lambda b: hf(b, net=weights), batches)
+            add("Hugging Face Marian, bf16 weights", seconds, None)
     return rows
 
 
