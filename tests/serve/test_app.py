@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from tests.optional import require
 from transformer import Translator
+from transformer.hardware import resolve_inference_precision
 from transformer.modeldir import ModelDirError
 from transformer.serve.app import create_app
 from transformer.serve.settings import ServeSettings
@@ -36,7 +37,10 @@ def test_health_is_503_until_the_model_is_loaded(copy_model_dir: Path) -> None:
             if client.get("/health").status_code == 200:
                 break
             threading.Event().wait(0.05)
-        assert client.get("/health").json()["status"] == "ready"
+        health = client.get("/health").json()
+        assert health["status"] == "ready"
+        # The default precision, auto: bf16 on a CPU with bf16 units, else fp32.
+        assert health["precision"] == resolve_inference_precision("auto", "cpu")[0]
         response = client.post("/v1/translate", json={"texts": ["Ein Hund"]})
         assert response.status_code == 200
 
@@ -96,6 +100,7 @@ def test_ctranslate2_engine_translates_and_refuses_attention_with_a_422(
         assert response.status_code == 200
         expected = translator.translate(["Ein Hund"], beam=2)
         assert [t["text"] for t in response.json()["translations"]] == expected
+        assert client.get("/health").json()["precision"] is None  # its export's type
         refused = client.post("/v1/attention", json={"text": "Ein Hund"})
         assert refused.status_code == 422
         assert [e["field"] for e in refused.json()["errors"]] == ["attention"]

@@ -85,6 +85,7 @@ def test_health_names_the_task_and_the_labels(client: httpx.Client) -> None:
     assert body["task"] == "classification"
     assert body["labels"] == CLASSIFIER_LABELS
     assert body["decoding"] is None  # a classifier does not decode
+    assert body["precision"] == PRECISION
     assert body["batching"] is True and body["max_texts"] == 64
 
 

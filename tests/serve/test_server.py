@@ -70,6 +70,7 @@ def test_health_is_ready(client: httpx.Client) -> None:
     assert body["status"] == "ready"
     assert body["batching"] is True
     assert body["max_texts"] == 64
+    assert body["precision"] == PRECISION  # the server's --precision
 
 
 def test_translate_equals_in_process_translator(

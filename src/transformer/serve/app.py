@@ -321,9 +321,13 @@ def _is_classifier(model: object) -> bool:
 
 def _task_fields(model: Facade | None) -> dict[str, Any]:
     """/health's task, and a classifier's labels or a translator's default decoding (the
-    request fields), once a model is loaded."""
+    request fields), and the precision it computes in, once a model is loaded."""
     if _is_classifier(model):
-        return {"task": CLASSIFICATION, "labels": list(model.labels)}  # type: ignore[union-attr]
+        return {
+            "task": CLASSIFICATION,
+            "labels": list(model.labels),  # type: ignore[union-attr]
+            "precision": getattr(model, "precision", None),
+        }
     translator = model
     if translator is None or not hasattr(translator, "options"):
         return {}
@@ -331,6 +335,7 @@ def _task_fields(model: Facade | None) -> dict[str, Any]:
     return {
         "task": translator.task_name,
         "decoding": {f.name: getattr(options, f.name) for f in api_fields(DecodeOptions)},
+        "precision": getattr(translator.engine, "precision", None),
     }
 
 

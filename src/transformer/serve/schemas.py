@@ -270,6 +270,12 @@ class HealthResponse(BaseModel):
         description="The decoding a request gets for the fields it does not set: the model's "
         "own defaults (a parser's beam 21), else the paper's; none for a classifier.",
     )
+    precision: str | None = Field(
+        None,
+        description="What the model computes in, fp32 or bf16 (--precision; auto chooses bf16 "
+        "on a CPU with bf16 units); none for CTranslate2, which computes in the type of its "
+        "export, and before the model is loaded.",
+    )
 
 
 # ---------------------------------------------------------------------------------- validation
