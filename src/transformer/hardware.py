@@ -120,11 +120,11 @@ def resolve_inference_precision(precision: str, device: torch.device | str) -> t
     reason (for the log). ValueError for an unknown one.
 
     "auto" means bf16 on a CPU where `fast_bf16`: on a 2-core AMD EPYC (Zen 5, AVX512-BF16), one
-    thread, beam 4 on test2016 ran 1.48 times as fast as fp32 with the same BLEU (40.96 against
-    40.99; benchmarks/engine_speed.py), and a sentence's translation is the same alone and in a
-    batch in both precisions. Elsewhere fp32: on an H200, decoding a small model in bf16 was
-    slower than in fp32 (0.49x greedy, 0.90x at beam 4: kernel launches, not arithmetic, bound
-    it there, and autocast adds casts)."""
+    thread, beam 4 on test2016 ran 1.48 times as fast as fp32, at BLEU 40.96 against 40.99
+    (benchmarks/engine_speed.py), and a sentence's translation is the same alone and in a batch
+    in both precisions. Elsewhere fp32: on an H200, decoding a small model in bf16 was slower
+    than in fp32 (0.49x greedy, 0.90x at beam 4: kernel launches, not arithmetic, bound it
+    there, and autocast adds casts)."""
     if precision not in INFERENCE_PRECISIONS:
         raise ValueError(
             f"precision must be one of {', '.join(INFERENCE_PRECISIONS)}, got {precision!r}"
@@ -133,7 +133,7 @@ def resolve_inference_precision(precision: str, device: torch.device | str) -> t
         return precision, "as asked"
     device = torch.device(device)
     if device.type != "cpu":
-        return "fp32", f"auto: bf16 decoding is not faster on {device.type} devices"
+        return "fp32", f"auto: on {device.type}, bf16 decoding measured no faster than fp32"
     fast, why = fast_bf16(device)
     return ("bf16" if fast else "fp32"), f"auto: {why}"
 
