@@ -18,7 +18,7 @@ must not change results. With ``--url`` the benchmark measures an already runnin
 Client and server share the machine; run it on a quiet one (the client threads cost little next
 to decoding with a real model)::
 
-    .venv/bin/python benchmarks/serve_load.py --model MODEL_DIR [--requests 200] [--beam 4] [--precision bf16]
+    .venv/bin/python benchmarks/serve_load.py --model MODEL_DIR [--requests 200] [--beam 4] [--precision fp32]
 
 Results are printed as a Markdown table and written to ``benchmarks/results/serve_load.json``.
 """
@@ -46,7 +46,7 @@ import httpx
 
 from _results import write_result
 from transformer.data.textfiles import read_lines
-from transformer.hardware import INFERENCE_PRECISIONS
+from transformer.hardware import DEFAULT_INFERENCE_PRECISION, INFERENCE_PRECISIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SRC = ROOT / "data" / "multi30k" / "test_2016_flickr.de.gz"
@@ -88,7 +88,7 @@ class Server:
             command += ["--threads", str(threads)]
         self.log = tempfile.TemporaryFile()  # noqa: SIM115  (closed in stop)
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
-        wait_ready(self.url, self.process, self.log)
+        self.health = wait_ready(self.url, self.process, self.log)
 
     def stop(self) -> int:
         self.process.send_signal(signal.SIGTERM)
@@ -100,15 +100,17 @@ class Server:
             self.log.close()
 
 
-def wait_ready(url: str, process: subprocess.Popen | None = None, log=None) -> None:
+def wait_ready(url: str, process: subprocess.Popen | None = None, log=None) -> dict:
+    """The server's /health answer once it is ready (it says, e.g., the precision it runs in)."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             log.seek(0)
             sys.exit(f"the server exited with {process.returncode}:\n{log.read().decode()}")
         try:
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                return
+            response = httpx.get(f"{url}/health", timeout=5)
+            if response.status_code == 200:
+                return response.json()
         except httpx.TransportError:
             pass
         time.sleep(0.2)
@@ -220,9 +222,11 @@ def run(args: argparse.Namespace) -> dict:
         "python": platform.python_version(),
     }
     if args.url:
-        wait_ready(args.url)
+        health = wait_ready(args.url)
         rows, _ = measure(args.url, "url", sentences, args)
-        result.update(url=args.url, rows=[asdict(r) for r in rows])
+        result.update(
+            url=args.url, precision=health.get("precision"), rows=[asdict(r) for r in rows]
+        )
         return result
 
     modes = {
@@ -234,8 +238,10 @@ def run(args: argparse.Namespace) -> dict:
     rows: list[Row] = []
     outputs: dict[str, dict[str, str]] = {}
     statuses = {}
+    precisions = set()  # what the servers report on /health (auto resolved)
     for mode, extra in modes.items():
         server = Server(args.model, [*extra, "--precision", args.precision], args.threads)
+        precisions.add(server.health.get("precision"))
         try:
             mode_rows, outputs[mode] = measure(server.url, mode, sentences, args)
         finally:
@@ -253,7 +259,8 @@ def run(args: argparse.Namespace) -> dict:
     result.update(
         model=str(args.model),
         server_threads=args.threads,
-        precision=args.precision,
+        precision=" / ".join(sorted(map(str, precisions))),
+        precision_asked=args.precision,
         max_wait_ms=args.max_wait_ms,
         max_batch_tokens=args.max_batch_tokens,
         rows=[asdict(r) for r in rows],
@@ -302,7 +309,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--src", default=str(DEFAULT_SRC), help="source sentences (plain or .gz)")
     p.add_argument("--threads", type=int, default=None, help="the server's torch threads")
     p.add_argument(
-        "--precision", default="fp32", choices=INFERENCE_PRECISIONS, help="the servers' (fp32)"
+        "--precision",
+        default=DEFAULT_INFERENCE_PRECISION,
+        choices=INFERENCE_PRECISIONS,
+        help="the servers' --precision (default %(default)s, as `transformer serve`)",
     )
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="batching server's wait (5)")
     p.add_argument("--max-batch-tokens", type=int, default=4096, help="batching server's budget")
