@@ -24,6 +24,7 @@ from transformer.decoding import (
     power_length_penalty,
     sample_step,
 )
+from transformer.decoding.search import row_top_k
 
 EOS, A, B = 2, 4, 5
 V = 6
@@ -250,6 +251,26 @@ def test_beam_step_returns_2k_candidates_best_first():
     for name in ("scores", "tokens", "origins"):
         assert torch.equal(getattr(same, name), getattr(step, name))
     assert torch.equal(scratch, log_probs + torch.tensor([[[-1.0], [-2.0]]]))
+
+
+@pytest.mark.parametrize("columns", [32000, 8000, 4 * 37000, 640, 100, 30])
+def test_row_top_k_gives_topks_values_and_columns_holding_them(columns):
+    """Against torch.topk, the independent reference: the same values, best first, on rows with
+    distinct values, with many ties (bf16-like scores) and with -inf; every returned column
+    holds its value, no column twice. 640 and fewer columns take topk itself (too few groups),
+    as do 100 and 30 (no group size divides them)."""
+    generator = torch.Generator().manual_seed(columns)
+    distinct = torch.randn(9, columns, generator=generator)
+    ties = torch.randint(-40, 0, (9, columns), generator=generator).float() / 8
+    masked = ties.clone()
+    masked[:, : columns - 3] = -math.inf  # fewer finite values than k in every row
+    masked[0] = -math.inf
+    for x in (distinct, ties, masked):
+        for k in (1, 8):
+            values, index = row_top_k(x, k)
+            assert torch.equal(values, x.topk(k, dim=-1).values)
+            assert torch.equal(x.gather(1, index), values)
+            assert all(len(set(row)) == k for row in index.tolist())
 
 
 def test_ban_repeated_ngrams():

@@ -79,6 +79,34 @@ class BeamStep:
     origins: Tensor
 
 
+# Columns per group of `row_top_k`'s first pass (the first that divides the row length is used).
+TOP_K_GROUPS = (64, 32)
+
+
+def row_top_k(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The k largest values of each row of x (N, M) and their columns, best first, as
+    `x.topk(k, dim=-1)` gives them.
+
+    On a CPU, with rows far longer than k, in two passes: the maximum of each group of G
+    consecutive columns, the k groups with the largest maxima, then the k best of their k * G
+    columns. The k largest values lie in those groups: a value among them that lay in another
+    group would have the k chosen maxima (k other values, each at least as large) above it. For
+    beam 4 over 8,000 types (rows of 32,000 scores), the 26 largest steps of test2016 took 185 ms
+    in PyTorch's CPU topk and 61 ms in two passes (one thread, AMD EPYC). The values are
+    topk's; among equal values, which column comes back may differ from topk's choice (neither
+    is specified)."""
+    n, m = x.shape
+    group = next((g for g in TOP_K_GROUPS if m % g == 0), 0)
+    if x.device.type != "cpu" or not group or m // group < 4 * k:
+        return x.topk(k, dim=-1)
+    groups = x.reshape(n, m // group, group)
+    best = groups.amax(dim=-1).topk(k, dim=-1).indices  # (N, k) groups
+    columns = groups.gather(1, best.unsqueeze(-1).expand(n, k, group)).view(n, k * group)
+    values, j = columns.topk(k, dim=-1)
+    start = best.gather(1, torch.div(j, group, rounding_mode="floor")) * group
+    return values, start + j % group
+
+
 class BeamSearch:
     """One beam-search step: from per-beam next-token log-probabilities to the best extensions.
 
@@ -107,7 +135,7 @@ class BeamSearch:
         total = total.reshape(n, k * v)  # (N, k*V)
         if k * v < width:  # tiny vocabularies: pad with impossible candidates
             total = F.pad(total, (0, width - k * v), value=-math.inf)
-        scores, flat = total.topk(width, dim=-1)  # (N, 2K), best first
+        scores, flat = row_top_k(total, width)  # (N, 2K), best first
         flat = flat.clamp(max=k * v - 1)  # padding candidates (score -inf) point at a real one
         origins = torch.div(flat, v, rounding_mode="floor")
         return BeamStep(scores=scores, tokens=flat % v, origins=origins)
