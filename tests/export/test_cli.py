@@ -71,6 +71,7 @@ def test_translate_and_evaluate_with_engine_ctranslate2(ct2_float32_dir, tmp_pat
     assert main(["evaluate", *args, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["engine"] == "ctranslate2" and report["target_tokens"] > 0
+    assert report["inference_precision"] is None  # the type of its export
     assert hyp.read_text(encoding="utf-8").splitlines() == expected
 
 
