@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,7 @@ from tests.serve.conftest import (
 )
 from tests.serve.test_server import metric_samples, multi_request_batches
 from tests.serve.test_web_page import COUNT_COLOURS
+from transformer import hardware
 from transformer.classifier import Classifier
 from transformer.config import ConfigError
 from transformer.serve.app import create_app
@@ -385,6 +387,25 @@ def test_the_cli_picks_the_facade_from_task_json(
         load_model(serve_args(classifier_dir, engine="ctranslate2"))
     assert load_model(serve_args(copy_model_dir, precision="bf16")).engine.precision == "bf16"
     assert load_model(serve_args(classifier_dir, precision="bf16")).precision == "bf16"
+
+
+@pytest.mark.parametrize("units", ["AVX512-BF16", None])
+def test_the_cli_logs_what_auto_precision_chose(
+    classifier_dir: Path,
+    copy_model_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    units: str | None,
+) -> None:
+    monkeypatch.setattr(hardware, "cpu_bf16_units", lambda cpuinfo=None: units)
+    chosen = "bf16" if units else "fp32"
+    with caplog.at_level(logging.INFO, logger="transformer.serve"):
+        assert load_model(serve_args(copy_model_dir, precision="auto")).engine.precision == chosen
+        assert load_model(serve_args(classifier_dir, precision="auto")).precision == chosen
+        load_model(serve_args(copy_model_dir))  # fp32 as asked: nothing to say
+    notes = [r.getMessage() for r in caplog.records if r.name == "transformer.serve"]
+    assert len(notes) == 2
+    assert all(n.startswith(f"precision {chosen} (auto: the CPU has ") for n in notes)
 
 
 # ---------------------------------------------------------------------------------- web page
