@@ -172,6 +172,11 @@ class Translator:
         self.tokenizer = tokenizer
         self.device = torch.device(getattr(engine, "device", "cpu"))
         self.max_positions: int | None = engine.max_positions
+        # What the models compute in, and why (as the Classifier says it): the torch engine's
+        # resolved precision; None and "" for an engine without one (CTranslate2 computes in
+        # the type of its export).
+        self.precision: str | None = getattr(engine, "precision", None)
+        self.precision_reason: str = getattr(engine, "precision_reason", "")
         self.task = task
         defaults = dict((task or {}).get("decoding", {}))
         try:
@@ -205,7 +210,7 @@ class Translator:
         threads). precision (torch engine): "auto" (default: bf16 on a CPU with AMX-bf16 or
         AVX512-BF16, where it is faster, else fp32; `hardware.resolve_inference_precision`),
         "fp32" (exact) or "bf16" autocast (translations may differ slightly from fp32's; the
-        Translator says which it runs in `engine.precision`). Raises ModelDirError with a
+        Translator says which it runs in: `precision`, `precision_reason`). Raises ModelDirError with a
         clear message for a missing or corrupt file, a tokenizer that does
         not match the model's vocabulary, or a directory that was not exported for the engine;
         ConfigError for an unknown engine or an ensemble it cannot run.
@@ -348,7 +353,7 @@ class Translator:
         best = [r.hypotheses[0].tokens for r in results]
         tgt_in = pad_ids([[BOS_ID, *hyp] for hyp in best], self.device)  # (N, |Y|)
         # In the engine's precision: under bf16 its models hold their linear maps in bf16.
-        with inference_context(self.device, getattr(self.engine, "precision", "fp32")):
+        with inference_context(self.device, self.precision or "fp32"):
             record = self.models[0].attention_weights(src, tgt_in)
         enc = torch.stack(record.encoder_self, dim=1).float().cpu()  # (N, layers, H, S, S)
         dec = torch.stack(record.decoder_self, dim=1).float().cpu()  # (N, layers, H, T, T)

@@ -167,7 +167,7 @@ def test_bf16_decoding_gives_the_fp32_translations(copy_model_dir, translator):
     """`precision="bf16"` decodes under bf16 autocast: on a model with decisive choices the same
     texts, in order, batched or not; scores within bf16's rounding (8 significant bits) of fp32's."""
     fast = Translator.from_pretrained(copy_model_dir, precision="bf16")
-    assert fast.engine.precision == "bf16" and translator.engine.precision == "fp32"
+    assert fast.precision == "bf16" and translator.precision == "fp32"
     texts = ["Ein Mann", "", "Kinder", "rot", "ein Ball", "Frau"]
     for method in ("greedy", "beam"):
         together = fast.translate(texts, method=method, max_tokens=8)

@@ -385,7 +385,7 @@ def test_the_cli_picks_the_facade_from_task_json(
         load_model(serve_args(classifier_dir, classifier_dir))
     with pytest.raises(ConfigError, match="--engine"):
         load_model(serve_args(classifier_dir, engine="ctranslate2"))
-    assert load_model(serve_args(copy_model_dir, precision="bf16")).engine.precision == "bf16"
+    assert load_model(serve_args(copy_model_dir, precision="bf16")).precision == "bf16"
     assert load_model(serve_args(classifier_dir, precision="bf16")).precision == "bf16"
 
 
@@ -400,7 +400,7 @@ def test_the_cli_logs_what_auto_precision_chose(
     monkeypatch.setattr(hardware, "cpu_bf16_units", lambda cpuinfo=None: units)
     chosen = "bf16" if units else "fp32"
     with caplog.at_level(logging.INFO, logger="transformer.serve"):
-        assert load_model(serve_args(copy_model_dir, precision="auto")).engine.precision == chosen
+        assert load_model(serve_args(copy_model_dir, precision="auto")).precision == chosen
         assert load_model(serve_args(classifier_dir, precision="auto")).precision == chosen
         load_model(serve_args(copy_model_dir))  # fp32 as asked: nothing to say
     notes = [r.getMessage() for r in caplog.records if r.name == "transformer.serve"]

@@ -108,11 +108,9 @@ def precision_note(facade: Any) -> str | None:
     """The precision `--precision auto` chose for a loaded Translator or Classifier, and why
     ("bf16 (auto: the CPU has AVX512-BF16)"), for the log; None when the precision was given or
     the engine is not torch's."""
-    engine = getattr(facade, "engine", facade)
-    reason = getattr(engine, "precision_reason", "")
-    if not reason.startswith("auto"):
+    if not facade.precision_reason.startswith("auto"):
         return None
-    return f"{engine.precision} ({reason})"
+    return f"{facade.precision} ({facade.precision_reason})"
 
 
 def one_line(text: str) -> str:

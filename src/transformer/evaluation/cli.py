@@ -114,9 +114,8 @@ def run(args: argparse.Namespace) -> int:
             "target_tokens_per_second": round(tokens / seconds, 2) if seconds > 0 else None,
             "models": [str(m) for m in args.model],
             "engine": args.engine,
-            # Not "precision": a parser's report has its bracket precision under that name. None
-            # for CTranslate2, which computes in the type of its export.
-            "inference_precision": getattr(translator.engine, "precision", None),
+            # Not "precision": a parser's report has its bracket precision under that name.
+            "inference_precision": translator.precision,
             "decoding": {f.name: getattr(resolved, f.name) for f in cli_fields()},
         }
     )

@@ -326,7 +326,7 @@ def _task_fields(model: Facade | None) -> dict[str, Any]:
         return {
             "task": CLASSIFICATION,
             "labels": list(model.labels),  # type: ignore[union-attr]
-            "precision": getattr(model, "precision", None),
+            "precision": model.precision,  # type: ignore[union-attr]
         }
     translator = model
     if translator is None or not hasattr(translator, "options"):
@@ -335,7 +335,7 @@ def _task_fields(model: Facade | None) -> dict[str, Any]:
     return {
         "task": translator.task_name,
         "decoding": {f.name: getattr(options, f.name) for f in api_fields(DecodeOptions)},
-        "precision": getattr(translator.engine, "precision", None),
+        "precision": translator.precision,
     }
 
 
